@@ -1,0 +1,21 @@
+"""A hand-written image captioner: ViT encoder, prefix + cross-attention decoder, sampler.
+
+Shape letters used in every comment under model/:
+    B batch, K beams, T caption tokens, P prefix tokens, L = P + T decoder positions,
+    N image tokens (class token + patches), S keys (whatever is attended over),
+    C width, E CLIP embedding width, H heads, D head width (C // H), V vocabulary.
+"""
+
+from model.attention import MultiHeadAttention, attention, causal_mask, padding_mask
+from model.captioner import Captioner, CaptionerConfig
+from model.decoder import CaptionDecoder, DecoderBlock, DecoderConfig, KVCache, PrefixMapper
+from model.sampling import beam_search, generate, top_k_filter, top_p_filter
+from model.vit import PatchEmbedding, ViTConfig, VisionTransformer
+
+__all__ = [
+    "attention", "causal_mask", "padding_mask", "MultiHeadAttention",
+    "ViTConfig", "PatchEmbedding", "VisionTransformer",
+    "DecoderConfig", "PrefixMapper", "DecoderBlock", "CaptionDecoder", "KVCache",
+    "top_k_filter", "top_p_filter", "generate", "beam_search",
+    "CaptionerConfig", "Captioner",
+]

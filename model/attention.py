@@ -1,0 +1,106 @@
+"""Scaled dot-product attention, the masks it uses, and one multi-head module for all three uses.
+
+Mask convention, everywhere in this project: a boolean tensor, True means "may attend"
+(the same as F.scaled_dot_product_attention). Masks broadcast to (B, H, T, S) and are
+combined with `&`.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def attention(q, k, v, mask=None):
+    """softmax(q k^T / sqrt(D)) v, written out. q: (B, H, T, D), k, v: (B, H, S, D) -> (out, weights)."""
+    D = q.size(-1)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(D)  # (B, H, T, S)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))  # a masked key gets exp(-inf) = 0
+    weights = scores.softmax(dim=-1)  # (B, H, T, S), each row sums to 1 over allowed keys
+    out = weights @ v  # (B, H, T, D)
+    return out, weights
+
+
+def causal_mask(T, S=None, device=None):
+    """(T, S) mask: query t may attend to key s if s <= t + (S - T), i.e. the queries are the last T of S positions."""
+    S = T if S is None else S
+    q_pos = torch.arange(S - T, S, device=device)[:, None]  # (T, 1)
+    k_pos = torch.arange(S, device=device)[None, :]  # (1, S)
+    return k_pos <= q_pos  # (T, S)
+
+
+def padding_mask(lengths, S):
+    """(B, 1, 1, S) mask from per-row lengths: key s is real if s < lengths[b]."""
+    k_pos = torch.arange(S, device=lengths.device)  # (S,)
+    return (k_pos[None, :] < lengths[:, None])[:, None, None, :]  # (B, 1, 1, S)
+
+
+@dataclass
+class AttentionCache:
+    """Keys and values kept between decoding steps, (B, H, S, D) each; None until the first step.
+
+    static=False (self-attention): every step appends its keys and values.
+    static=True (cross-attention): computed from the context on the first step, then reused.
+    """
+
+    static: bool = False
+    k: torch.Tensor = None
+    v: torch.Tensor = None
+
+    def reorder(self, index):
+        """Keep rows `index` (beam search picks which hypotheses survive)."""
+        if self.k is not None:
+            self.k, self.v = self.k[index], self.v[index]
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention (Vaswani et al. 2017, Fig. 2): self-attention, or cross-attention given `context`.
+
+    Parameter names follow torch.nn.MultiheadAttention (and so OpenCLIP), so weights copy across unchanged.
+    """
+
+    def __init__(self, width, heads, fused=True):
+        super().__init__()
+        assert width % heads == 0, f"width {width} is not divisible by heads {heads}"
+        self.heads = heads
+        self.fused = fused  # True: F.scaled_dot_product_attention; False: the explicit attention() above
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))  # rows: W_q, W_k, W_v
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
+        self.out_proj = nn.Linear(width, width)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+
+    def split_heads(self, x):
+        B, T, C = x.shape
+        return x.view(B, T, self.heads, C // self.heads).transpose(1, 2)  # (B, H, T, D)
+
+    def forward(self, x, context=None, mask=None, cache=None, return_attn=False):
+        """x: (B, T, C) queries; context: (B, S, C) keys/values, or None for self-attention.
+
+        mask broadcasts to (B, H, T, S). With a `cache` (AttentionCache), this step's keys and values
+        are appended to the cached ones, or, for a static cache that is already filled, replace them.
+        Returns (out (B, T, C), weights (B, H, T, S) or None).
+        """
+        w_q, w_kv = self.in_proj_weight.split([x.size(-1), 2 * x.size(-1)])
+        b_q, b_kv = self.in_proj_bias.split([x.size(-1), 2 * x.size(-1)])
+        q = self.split_heads(F.linear(x, w_q, b_q))  # (B, H, T, D)
+        if cache is not None and cache.static and cache.k is not None:
+            k, v = cache.k, cache.v  # cross-attention: the image does not change between steps
+        else:
+            source = x if context is None else context  # (B, S, C)
+            k, v = F.linear(source, w_kv, b_kv).chunk(2, dim=-1)  # (B, S, C) each
+            k, v = self.split_heads(k), self.split_heads(v)  # (B, H, S, D)
+            if cache is not None:
+                if not cache.static and cache.k is not None:
+                    k = torch.cat([cache.k, k], dim=2)  # (B, H, S_past + T, D)
+                    v = torch.cat([cache.v, v], dim=2)
+                cache.k, cache.v = k, v
+        if self.fused and not return_attn:
+            out, weights = F.scaled_dot_product_attention(q, k, v, attn_mask=mask), None  # (B, H, T, D)
+        else:
+            out, weights = attention(q, k, v, mask)  # (B, H, T, D), (B, H, T, S)
+        B, H, T, D = out.shape
+        out = out.transpose(1, 2).reshape(B, T, H * D)  # (B, T, C)
+        return self.out_proj(out), weights

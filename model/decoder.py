@@ -1,0 +1,176 @@
+"""Caption decoder: a ClipCap prefix (Mokady et al. 2021) plus cross-attention over the image patches.
+
+The sequence the decoder runs over is [prefix tokens (P) ; caption tokens (T)]. Masked self-attention
+lets every position see the whole prefix and the caption tokens up to itself; cross-attention lets
+every position look at the image patches. Logits come out for the caption positions only:
+position t predicts caption token t + 1.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from model.attention import AttentionCache, MultiHeadAttention, causal_mask, padding_mask
+from model.mlp import MLP
+from model.vit import EncoderBlock
+
+
+@dataclass
+class DecoderConfig:
+    vocab_size: int = 49408  # V, OpenCLIP's BPE vocabulary; a word vocabulary is far smaller
+    max_len: int = 40  # longest caption in tokens, start and end tokens included
+    width: int = 512  # C
+    layers: int = 6  # decoder blocks
+    heads: int = 8  # H
+    mlp_ratio: float = 4.0  # MLP hidden width = mlp_ratio * C
+    prefix_len: int = 10  # P, prefix tokens made from the CLIP embedding
+    clip_dim: int = 512  # E, width of the pooled CLIP embedding
+    patch_dim: int = 768  # width of the ViT's patch tokens
+    prefix_mapper: str = "mlp"  # "mlp" (ClipCap's MLP) or "transformer" (ClipCap's transformer mapper)
+    cross_attention: bool = True  # False gives pure ClipCap: the prefix is the only image input
+    dropout: float = 0.1  # on every residual branch, training only
+    fused: bool = True  # F.scaled_dot_product_attention unless attention weights are asked for
+
+
+@dataclass
+class DecoderOutput:
+    logits: torch.Tensor  # (B, T, V)
+    # With return_attn, one tensor per layer. Their rows are all L = P + T positions on a first call
+    # (prefix rows first) and the T new positions on a cached step; slice [:, :, -T:] for the caption.
+    self_attn: list = None  # (B, H, L, L), or (B, H, T, S) on a cached step (S = every position so far)
+    cross_attn: list = None  # (B, H, L, N), or (B, H, T, N)
+
+
+class PrefixMapper(nn.Module):
+    """Map the pooled CLIP embedding to P prefix tokens: (B, E) -> (B, P, C)."""
+
+    def __init__(self, config: DecoderConfig):
+        super().__init__()
+        self.kind, P, C = config.prefix_mapper, config.prefix_len, config.width
+        if self.kind == "mlp":
+            self.mlp = nn.Sequential(nn.Linear(config.clip_dim, P * C // 2), nn.Tanh(), nn.Linear(P * C // 2, P * C))
+        elif self.kind == "transformer":
+            self.linear = nn.Linear(config.clip_dim, P * C)
+            self.constants = nn.Parameter(torch.randn(P, C) * 0.02)  # learned queries, read out as the prefix
+            self.blocks = nn.ModuleList(EncoderBlock(C, config.heads, fused=config.fused) for _ in range(2))
+        else:
+            raise ValueError(f"prefix_mapper must be 'mlp' or 'transformer', not {self.kind!r}")
+        self.P, self.C = P, C
+
+    def forward(self, clip_embed):
+        B = clip_embed.size(0)
+        if self.kind == "mlp":
+            return self.mlp(clip_embed).view(B, self.P, self.C)  # (B, P, C)
+        x = self.linear(clip_embed).view(B, self.P, self.C)  # (B, P, C)
+        x = torch.cat([x, self.constants.expand(B, -1, -1)], dim=1)  # (B, 2P, C)
+        for block in self.blocks:
+            x, _ = block(x)
+        return x[:, self.P :]  # (B, P, C)
+
+
+class DecoderBlock(nn.Module):
+    """Pre-norm decoder block (Vaswani et al. 2017, Fig. 1, right): masked self-attention,
+    cross-attention over the image, MLP; each inside a residual."""
+
+    def __init__(self, config: DecoderConfig):
+        super().__init__()
+        C = config.width
+        self.ln_1 = nn.LayerNorm(C)
+        self.self_attn = MultiHeadAttention(C, config.heads, fused=config.fused)
+        if config.cross_attention:
+            self.ln_2 = nn.LayerNorm(C)
+            self.cross_attn = MultiHeadAttention(C, config.heads, fused=config.fused)
+        self.ln_3 = nn.LayerNorm(C)
+        self.mlp = MLP(C, int(C * config.mlp_ratio))
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, memory=None, mask=None, memory_mask=None, cache=None, return_attn=False):
+        """x: (B, L, C), memory: (B, N, C) image tokens, mask: self-attention mask (.., L, S),
+        memory_mask: cross-attention mask (.., N) -> (x, self weights, cross weights)."""
+        self_cache, cross_cache = cache if cache is not None else (None, None)
+        a, self_w = self.self_attn(self.ln_1(x), mask=mask, cache=self_cache, return_attn=return_attn)
+        x = x + self.dropout(a)
+        cross_w = None
+        if hasattr(self, "cross_attn"):
+            a, cross_w = self.cross_attn(self.ln_2(x), memory, memory_mask, cross_cache, return_attn)
+            x = x + self.dropout(a)
+        x = x + self.dropout(self.mlp(self.ln_3(x)))
+        return x, self_w, cross_w
+
+
+class KVCache:
+    """Per-layer keys and values for incremental decoding, and how many positions they cover."""
+
+    def __init__(self, layers):
+        self.layers = [(AttentionCache(), AttentionCache(static=True)) for _ in range(layers)]
+        self.length = 0  # positions (prefix included) already processed
+
+    def reorder(self, index):
+        """Keep batch rows `index`, e.g. to follow the beams that survive a step of beam search."""
+        for self_cache, cross_cache in self.layers:
+            self_cache.reorder(index)
+            cross_cache.reorder(index)
+
+
+class CaptionDecoder(nn.Module):
+    """(caption tokens, CLIP embedding, patch tokens) -> next-token logits."""
+
+    def __init__(self, config: DecoderConfig):
+        super().__init__()
+        self.config = c = config
+        self.token_embedding = nn.Embedding(c.vocab_size, c.width)
+        self.positional_embedding = nn.Parameter(torch.randn(c.max_len, c.width) * 0.01)
+        self.prefix = PrefixMapper(c)
+        if c.cross_attention:
+            self.patch_proj = nn.Sequential(nn.Linear(c.patch_dim, c.width), nn.LayerNorm(c.width))
+        self.blocks = nn.ModuleList(DecoderBlock(c) for _ in range(c.layers))
+        self.ln_f = nn.LayerNorm(c.width)
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+
+    def new_cache(self):
+        return KVCache(self.config.layers)
+
+    def forward(self, tokens, clip_embed, patches=None, lengths=None, patch_mask=None, cache=None,
+                return_attn=False):
+        """tokens: (B, T) caption ids; clip_embed: (B, E); patches: (B, N, patch_dim);
+        lengths: (B,) real caption lengths for right-padded batches, or None;
+        patch_mask: (B, N) True for the patches cross-attention may look at (all if None).
+
+        With a `cache`, the first call processes prefix + tokens and later calls only the new tokens.
+        Returns DecoderOutput with logits (B, T, V).
+        """
+        P, T = self.config.prefix_len, tokens.size(1)
+        first = cache is None or cache.length == 0
+        start = 0 if first else cache.length - P  # caption position of tokens[:, 0]
+        if start + T > self.config.max_len:
+            raise ValueError(f"caption of {start + T} tokens is longer than max_len={self.config.max_len}")
+        x = self.token_embedding(tokens) + self.positional_embedding[start : start + T]  # (B, T, C)
+        if first:
+            x = torch.cat([self.prefix(clip_embed).to(x.dtype), x], dim=1)  # (B, L, C)
+            mask = causal_mask(P + T, device=x.device)  # (L, L)
+            mask[:, :P] = True  # every position sees the whole prefix
+        else:
+            mask = causal_mask(T, cache.length + T, device=x.device)  # (T, S): all earlier positions
+        if lengths is not None:
+            mask = mask & padding_mask(P + start + lengths, mask.size(-1))  # (B, 1, L, S)
+        memory = None
+        if self.config.cross_attention and first:
+            if patches is None:
+                raise ValueError("this decoder cross-attends to the image: pass its patch tokens")
+            memory = self.patch_proj(patches).to(x.dtype)  # (B, N, C)
+        memory_mask = patch_mask[:, None, None, :] if patch_mask is not None else None  # (B, 1, 1, N)
+        self_attn, cross_attn = [], []
+        for i, block in enumerate(self.blocks):
+            layer_cache = cache.layers[i] if cache is not None else None
+            x, self_w, cross_w = block(x, memory, mask, memory_mask, layer_cache, return_attn)
+            self_attn.append(self_w)
+            cross_attn.append(cross_w)
+        if cache is not None:
+            cache.length += x.size(1)
+        if first:
+            x = x[:, P:]  # (B, T, C): the prefix positions predict nothing
+        logits = self.ln_f(x) @ self.token_embedding.weight.T  # (B, T, V), head tied to the embedding
+        if not return_attn:
+            return DecoderOutput(logits)
+        return DecoderOutput(logits, self_attn, cross_attn)

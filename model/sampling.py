@@ -1,0 +1,116 @@
+"""Decoding: logit filters as pure per-row functions, a sampling loop, and beam search.
+
+Every function works on a batch; every row is treated on its own.
+"""
+
+import torch
+
+
+def top_k_filter(logits, k):
+    """Keep the k largest logits in each row, set the rest to -inf. logits: (B, V) -> (B, V)."""
+    k = min(k, logits.size(-1))
+    kth = logits.topk(k, dim=-1).values[:, -1:]  # (B, 1), the k-th largest in each row
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def top_p_filter(logits, p):
+    """Nucleus filter: keep, in each row, the smallest set of tokens whose probability reaches p.
+
+    A token is kept if the probability mass of the tokens ranked above it is still below p.
+    logits: (B, V) -> (B, V) with dropped tokens at -inf.
+    """
+    sorted_logits, order = logits.sort(dim=-1, descending=True)  # (B, V) each
+    probs = sorted_logits.softmax(dim=-1)  # (B, V)
+    mass_before = probs.cumsum(dim=-1) - probs  # (B, V), mass of the tokens ranked strictly above
+    keep_sorted = mass_before < p  # (B, V); the top token is always kept
+    keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)  # back to vocabulary order, per row
+    return logits.masked_fill(~keep, float("-inf"))
+
+
+def next_token(logits, temperature=0.0, top_k=None, top_p=None, generator=None):
+    """Pick one token per row. temperature 0 is greedy (argmax); otherwise sample from
+    softmax(filtered logits / temperature). logits: (B, V) -> (B,)."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_k is not None:
+        logits = top_k_filter(logits, top_k)
+    if top_p is not None:
+        logits = top_p_filter(logits, top_p)
+    probs = logits.softmax(dim=-1)  # (B, V)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
+
+
+@torch.no_grad()
+def generate(decoder, clip_embed, patches, bos_id, eos_id, max_new_tokens=None, temperature=0.0,
+             top_k=None, top_p=None, generator=None, patch_mask=None, use_cache=True):
+    """Caption a batch token by token. Each row stops at its end token (later positions are filled
+    with eos_id); the loop ends when every row has stopped or after max_new_tokens.
+
+    clip_embed: (B, E), patches: (B, N, patch_dim) or None, patch_mask: (B, N) or None
+    -> tokens (B, T_new), without the start token.
+    use_cache=False recomputes the whole sequence every step (slow; kept to test the cache against).
+    """
+    B, device = clip_embed.size(0), clip_embed.device
+    max_new_tokens = max_new_tokens or decoder.config.max_len - 1
+    max_new_tokens = min(max_new_tokens, decoder.config.max_len - 1)
+    tokens = torch.full((B, 1), bos_id, dtype=torch.long, device=device)  # (B, 1)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    cache = decoder.new_cache() if use_cache else None
+    for _ in range(max_new_tokens):
+        inputs = tokens[:, -1:] if use_cache and cache.length > 0 else tokens  # (B, 1) or (B, t)
+        logits = decoder(inputs, clip_embed, patches, patch_mask=patch_mask, cache=cache).logits[:, -1]  # (B, V)
+        new = next_token(logits, temperature, top_k, top_p, generator)  # (B,)
+        new = new.masked_fill(done, eos_id)  # finished rows only repeat the end token
+        tokens = torch.cat([tokens, new[:, None]], dim=1)  # (B, t + 1)
+        done |= new == eos_id
+        if done.all():
+            break
+    return tokens[:, 1:]
+
+
+@torch.no_grad()
+def beam_search(decoder, clip_embed, patches, bos_id, eos_id, beam_size=3, max_new_tokens=None,
+                length_penalty=1.0, patch_mask=None):
+    """Keep the beam_size best partial captions per image, ranked by log-probability / length ** length_penalty.
+
+    clip_embed: (B, E), patches: (B, N, patch_dim) or None, patch_mask: (B, N) or None
+    -> (tokens (B, T_new), scores (B,)).
+    """
+    B, K, device = clip_embed.size(0), beam_size, clip_embed.device
+    max_new_tokens = min(max_new_tokens or decoder.config.max_len - 1, decoder.config.max_len - 1)
+    rows = torch.arange(B, device=device).repeat_interleave(K)  # (B*K,), the image of each beam
+    clip_embed = clip_embed[rows]  # (B*K, E)
+    patches = patches[rows] if patches is not None else None  # (B*K, N, patch_dim)
+    patch_mask = patch_mask[rows] if patch_mask is not None else None  # (B*K, N)
+    tokens = torch.full((B * K, 1), bos_id, dtype=torch.long, device=device)  # (B*K, 1)
+    logp = torch.zeros(B, K, device=device)  # summed log-probability of each beam
+    logp[:, 1:] = float("-inf")  # all beams start identical: let only the first one expand at step one
+    length = torch.zeros(B, K, device=device)  # tokens generated, the end token included
+    done = torch.zeros(B, K, dtype=torch.bool, device=device)
+    cache = decoder.new_cache()
+    for _ in range(max_new_tokens):
+        inputs = tokens[:, -1:] if cache.length else tokens  # (B*K, 1) after the first step
+        logits = decoder(inputs, clip_embed, patches, patch_mask=patch_mask, cache=cache).logits
+        step = logits[:, -1].float().log_softmax(dim=-1).view(B, K, -1)  # (B, K, V)
+        V = step.size(-1)
+        only_eos = torch.full((V,), float("-inf"), device=device)
+        only_eos[eos_id] = 0.0
+        step = torch.where(done[..., None], only_eos, step)  # a finished beam continues only with eos, for free
+        candidates = logp[..., None] + step  # (B, K, V)
+        new_length = length + (~done).float()  # (B, K)
+        score = candidates / new_length[..., None] ** length_penalty  # (B, K, V)
+        best = score.view(B, K * V).topk(K, dim=-1).indices  # (B, K) into the flattened K*V candidates
+        beam, token = best // V, best % V  # (B, K) each, integer division on integer tensors
+        logp = candidates.view(B, K * V).gather(1, best)  # (B, K)
+        length = new_length.gather(1, beam)
+        done = done.gather(1, beam) | (token == eos_id)
+        index = (torch.arange(B, device=device)[:, None] * K + beam).view(-1)  # (B*K,), surviving beams' rows
+        cache.reorder(index)
+        tokens = torch.cat([tokens[index], token.view(-1, 1)], dim=1)  # (B*K, t + 1)
+        if done.all():
+            break
+    final = logp / length.clamp(min=1) ** length_penalty  # (B, K)
+    best = final.argmax(dim=-1)  # (B,)
+    chosen = torch.arange(B, device=device) * K + best  # (B,)
+    return tokens[chosen, 1:], final.gather(1, best[:, None]).squeeze(1)

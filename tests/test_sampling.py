@@ -1,0 +1,144 @@
+"""Sampling filters are exact and per row; cache, top-k 1 and beam 1 all reduce to greedy."""
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from model.decoder import CaptionDecoder, DecoderConfig
+from model.sampling import beam_search, generate, next_token, top_k_filter, top_p_filter
+
+V, BOS, EOS = 30, 1, 2
+
+
+def tiny_decoder(**overrides):
+    fields = dict(vocab_size=V, max_len=12, width=32, layers=2, heads=4, prefix_len=2, clip_dim=16,
+                  patch_dim=16, dropout=0.0)
+    fields.update(overrides)
+    return CaptionDecoder(DecoderConfig(**fields)).eval()
+
+
+def image_inputs(batch):
+    return torch.randn(batch, 16), torch.randn(batch, 5, 16)
+
+
+def smallest_nucleus(probs, p):
+    """Brute force: the fewest top tokens whose probability reaches p."""
+    ranked = sorted(range(len(probs)), key=lambda i: -probs[i])
+    total, kept = 0.0, set()
+    for i in ranked:
+        kept.add(i)
+        total += probs[i]
+        if total >= p:
+            break
+    return kept
+
+
+def test_top_p_keeps_exactly_the_smallest_set_in_every_row():
+    logits = torch.stack([
+        torch.tensor([5.0, 1.0, 0.5, 0.1, -1.0, -2.0]),  # peaked: the top token alone reaches p
+        torch.zeros(6),  # flat: needs most tokens
+        torch.tensor([-2.0, 3.0, -1.0, 2.9, 0.0, 1.0]),  # largest tokens not at the front
+        torch.tensor([0.0, 0.0, 3.0, -5.0, 1.0, 2.0]),
+    ])
+    for p in [0.3, 0.5, 0.8, 0.95]:
+        filtered = top_p_filter(logits, p)
+        probs = logits.softmax(-1)
+        for row in range(len(logits)):
+            kept = {i for i in range(6) if filtered[row, i] > float("-inf")}
+            assert kept == smallest_nucleus(probs[row].tolist(), p), (p, row)
+            assert_close(filtered[row, list(kept)], logits[row, list(kept)])  # kept logits untouched
+    sizes = {(top_p_filter(logits, 0.8) > float("-inf")).sum(-1)[row].item() for row in range(4)}
+    assert len(sizes) > 1  # the rows really differ, so one row's answer cannot stand in for another's
+
+
+def test_top_k_is_per_row_and_guards_k_larger_than_vocabulary():
+    logits = torch.tensor([[1.0, 4.0, 3.0, 2.0], [4.0, 3.0, 2.0, 1.0]])
+    kept = top_k_filter(logits, 2) > float("-inf")
+    assert kept.tolist() == [[False, True, True, False], [True, True, False, False]]
+    assert_close(top_k_filter(logits, 100), logits)
+
+
+def test_temperature_zero_is_argmax_and_top_k_one_is_argmax():
+    logits = torch.randn(8, V)
+    assert torch.equal(next_token(logits), logits.argmax(-1))
+    assert torch.equal(next_token(logits, temperature=1.0, top_k=1), logits.argmax(-1))
+
+
+def test_sampling_follows_the_distribution():
+    logits = torch.log(torch.tensor([[0.7, 0.2, 0.1, 0.0]]).clamp(min=1e-9)).expand(20000, 4)
+    counts = torch.bincount(next_token(logits, temperature=1.0), minlength=4) / 20000
+    assert_close(counts, torch.tensor([0.7, 0.2, 0.1, 0.0]), atol=0.02, rtol=0)
+    nucleus = torch.bincount(next_token(logits, temperature=1.0, top_p=0.75), minlength=4) / 20000
+    assert_close(nucleus, torch.tensor([0.7 / 0.9, 0.2 / 0.9, 0.0, 0.0]), atol=0.02, rtol=0)
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_cache_equals_recomputation_greedy_and_sampled(batch):
+    decoder = tiny_decoder()
+    clip_embed, patches = image_inputs(batch)
+    common = dict(bos_id=BOS, eos_id=EOS, max_new_tokens=10)
+    assert torch.equal(generate(decoder, clip_embed, patches, **common),
+                       generate(decoder, clip_embed, patches, use_cache=False, **common))
+    sampled = [generate(decoder, clip_embed, patches, temperature=1.0, top_p=0.9, use_cache=use_cache,
+                        generator=torch.Generator().manual_seed(7), **common) for use_cache in (True, False)]
+    assert torch.equal(*sampled)
+
+
+def test_top_k_one_equals_greedy_in_generate():
+    decoder = tiny_decoder()
+    clip_embed, patches = image_inputs(4)
+    greedy = generate(decoder, clip_embed, patches, BOS, EOS)
+    assert torch.equal(generate(decoder, clip_embed, patches, BOS, EOS, temperature=0.8, top_k=1), greedy)
+
+
+def test_rows_stop_at_their_end_token():
+    decoder = tiny_decoder()
+    with torch.no_grad():
+        decoder.token_embedding.weight[EOS] *= 8  # make the end token likely, so rows stop at different times
+    clip_embed, patches = image_inputs(16)
+    out = generate(decoder, clip_embed, patches, BOS, EOS, temperature=1.0,
+                   generator=torch.Generator().manual_seed(0))
+    ends = [(row == EOS).nonzero()[0].item() for row in out if (row == EOS).any()]
+    assert len(set(ends)) > 1
+    for row in out:
+        if (row == EOS).any():
+            first = (row == EOS).nonzero()[0].item()
+            assert (row[first:] == EOS).all()
+    assert out.size(1) <= decoder.config.max_len - 1
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_beam_one_equals_greedy(batch):
+    decoder = tiny_decoder()
+    clip_embed, patches = image_inputs(batch)
+    greedy = generate(decoder, clip_embed, patches, BOS, EOS)
+    beam, _ = beam_search(decoder, clip_embed, patches, BOS, EOS, beam_size=1)
+    assert torch.equal(beam, greedy)
+
+
+def sequence_score(decoder, clip_embed, patches, tokens, length_penalty):
+    """Log-probability of `tokens` (up to and including the first EOS) / length ** length_penalty."""
+    inputs = torch.cat([torch.tensor([[BOS]]), tokens[None]], dim=1)
+    with torch.no_grad():
+        logp = decoder(inputs[:, :-1], clip_embed[None], patches[None]).logits.log_softmax(-1)[0]
+    n = (tokens == EOS).nonzero()[0].item() + 1 if (tokens == EOS).any() else len(tokens)
+    total = logp[torch.arange(n), tokens[:n]].sum()
+    return total / n**length_penalty
+
+
+def test_beam_search_returns_its_hypothesis_with_the_model_score():
+    decoder = tiny_decoder()
+    clip_embed, patches = image_inputs(3)
+    tokens, scores = beam_search(decoder, clip_embed, patches, BOS, EOS, beam_size=4, length_penalty=0.7)
+    for b in range(3):
+        assert_close(scores[b], sequence_score(decoder, clip_embed[b], patches[b], tokens[b], 0.7))
+
+
+def test_a_beam_as_wide_as_the_search_space_finds_the_best_sequence():
+    decoder = tiny_decoder(vocab_size=4, max_len=4)  # 3 new tokens from 4 symbols: 64 sequences at most
+    clip_embed, patches = image_inputs(2)
+    tokens, scores = beam_search(decoder, clip_embed, patches, BOS, EOS, beam_size=64, length_penalty=1.0)
+    for b in range(2):
+        every = torch.cartesian_prod(*[torch.arange(4)] * 3)  # (64, 3)
+        best = max(sequence_score(decoder, clip_embed[b], patches[b], seq, 1.0).item() for seq in every)
+        assert_close(scores[b].item(), best, rtol=1e-5, atol=1e-5)
