@@ -20,6 +20,7 @@ class ViTConfig:
     output_dim: int = 512  # E, width of the pooled, projected embedding (CLIP's joint space)
     quick_gelu: bool = False  # True for OpenAI's original CLIP weights
     fused: bool = True  # use F.scaled_dot_product_attention unless weights are asked for
+    sincos_init: bool = False  # start positions as 2-D sin-cos waves (helps training from scratch)
 
     @property
     def grid(self):
@@ -37,6 +38,17 @@ class VisionOutput:
     pooled: torch.Tensor  # (B, E) class token after ln_post, projected: CLIP's image embedding
     patches: torch.Tensor  # (B, N - 1, C) patch tokens after ln_post, not projected
     attn: list = None  # with return_attn: one (B, H, N, N) tensor per layer
+
+
+def sincos_2d(grid, width):
+    """Fixed 2-D positions (as in MAE): half the channels encode the row, half the column. -> (grid*grid, width)."""
+    quarter = width // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter) / quarter)  # (width/4,)
+    y, x = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+    angles_y = y.flatten()[:, None] * omega[None, :]  # (grid*grid, width/4)
+    angles_x = x.flatten()[:, None] * omega[None, :]
+    out = torch.cat([angles_y.sin(), angles_y.cos(), angles_x.sin(), angles_x.cos()], dim=1)  # (grid*grid, 4*quarter)
+    return torch.nn.functional.pad(out, (0, width - out.size(1)))  # (grid*grid, width)
 
 
 class PatchEmbedding(nn.Module):
@@ -82,6 +94,9 @@ class VisionTransformer(nn.Module):
         self.patch_embed = PatchEmbedding(c.patch_size, c.width)
         self.class_embedding = nn.Parameter(scale * torch.randn(c.width))
         self.positional_embedding = nn.Parameter(scale * torch.randn(c.num_patches + 1, c.width))
+        if c.sincos_init:
+            with torch.no_grad():
+                self.positional_embedding[1:] = sincos_2d(c.grid, c.width)
         self.ln_pre = nn.LayerNorm(c.width)
         self.blocks = nn.ModuleList(
             EncoderBlock(c.width, c.heads, c.mlp_ratio, c.quick_gelu, c.fused) for _ in range(c.layers)

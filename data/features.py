@@ -1,0 +1,146 @@
+"""CLIP features computed once, kept on disk in fp16, read back memory-mapped.
+
+The cache folder is named by a key: a hash of the encoder's name, its weights (the bytes of its
+state_dict) and its preprocessing. A changed encoder gets a new folder, so stale features are never
+reused. Each row's status is written after its features, so an interrupted extraction resumes where
+it stopped, and a corrupt image is marked failed, reported by name and skipped.
+"""
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from data.images import ImageError, load_image
+
+PENDING, DONE, FAILED = 0, 1, 2
+
+
+def weights_digest(module):
+    """SHA-256 of every tensor of the module's state_dict, in order: the identity of its weights."""
+    h = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def cache_key(encoder_name, weights, preprocess):
+    """A short hash naming the cache folder: encoder name, weights digest, preprocessing description."""
+    description = json.dumps({"encoder": encoder_name, "weights": weights, "preprocess": repr(preprocess)})
+    return hashlib.sha256(description.encode()).hexdigest()[:16]
+
+
+class ImageFolderDataset(torch.utils.data.Dataset):
+    """Decode and preprocess images for extraction; a bad image gives an error message instead of a tensor."""
+
+    def __init__(self, paths, preprocess):
+        self.paths, self.preprocess = paths, preprocess
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        try:
+            return i, self.preprocess(load_image(self.paths[i])), ""
+        except ImageError as e:
+            return i, None, str(e)
+
+
+def collate(items):
+    ok = [(i, x) for i, x, error in items if x is not None]
+    failed = [(i, error) for i, x, error in items if x is None]
+    indices = torch.tensor([i for i, _ in ok], dtype=torch.long)
+    images = torch.stack([x for _, x in ok]) if ok else None
+    return indices, images, failed
+
+
+class FeatureCache:
+    """pooled.npy (n, E), patches.npy (n, N, C) in fp16, status.npy (n,), names.json, meta.json."""
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+        self.names = json.loads((self.folder / "names.json").read_text())
+        self.meta = json.loads((self.folder / "meta.json").read_text())
+        self.pooled = np.load(self.folder / "pooled.npy", mmap_mode="r")
+        self.patches = np.load(self.folder / "patches.npy", mmap_mode="r")
+        self.status = np.load(self.folder / "status.npy", mmap_mode="r")
+        self.index = {name: i for i, name in enumerate(self.names)}
+
+    def usable(self):
+        """Names of the images whose features were extracted."""
+        return [n for n, s in zip(self.names, self.status) if s == DONE]
+
+    def get(self, rows, device="cpu"):
+        """Features of cache rows `rows` as float32 tensors: (B, E), (B, N, C)."""
+        rows = np.asarray(rows)
+        pooled = torch.from_numpy(self.pooled[rows].astype(np.float32))
+        patches = torch.from_numpy(self.patches[rows].astype(np.float32))
+        return pooled.to(device), patches.to(device)
+
+
+@torch.no_grad()
+def extract_features(encoder, preprocess, encoder_name, folder, names, cache_root, batch_size=64, num_workers=2,
+                     device="cpu"):
+    """Compute features of every image in `names` (files in `folder`) into cache_root/<key>, resuming
+    an earlier run with the same key. Returns the FeatureCache."""
+    key = cache_key(encoder_name, weights_digest(encoder), preprocess)
+    out = Path(cache_root) / key
+    names = sorted(names)
+    if (out / "meta.json").exists():
+        if json.loads((out / "names.json").read_text()) != names:
+            raise ValueError(f"{out}: this cache holds features of a different image list; delete it or use "
+                             "another cache folder")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = encoder(preprocess(load_probe_image(folder, names)).unsqueeze(0).to(device))
+        E, (N, C) = probe.pooled.shape[-1], probe.patches.shape[-2:]
+        np.lib.format.open_memmap(out / "pooled.npy", "w+", np.float16, (len(names), E)).flush()
+        np.lib.format.open_memmap(out / "patches.npy", "w+", np.float16, (len(names), N, C)).flush()
+        np.save(out / "status.npy", np.zeros(len(names), np.uint8))
+        (out / "names.json").write_text(json.dumps(names))
+        meta = {"encoder": encoder_name, "weights_sha256": weights_digest(encoder), "preprocess": repr(preprocess),
+                "image_folder": str(folder), "pooled_dim": E, "patch_tokens": N, "patch_dim": C}
+        (out / "meta.json").write_text(json.dumps(meta, indent=1))
+    pooled = np.load(out / "pooled.npy", mmap_mode="r+")
+    patches = np.load(out / "patches.npy", mmap_mode="r+")
+    status = np.load(out / "status.npy", mmap_mode="r+")
+    todo = [i for i in range(len(names)) if status[i] == PENDING]
+    paths = [Path(folder) / names[i] for i in todo]
+    loader = torch.utils.data.DataLoader(ImageFolderDataset(paths, preprocess), batch_size=batch_size,
+                                         num_workers=num_workers, collate_fn=collate)
+    failed = int((status == FAILED).sum())
+    bar = tqdm(total=len(names), initial=len(names) - len(todo), desc="features", unit="img")
+    for local, images, bad in loader:
+        rows = np.asarray(todo)[local.numpy()] if len(local) else np.zeros(0, dtype=int)
+        if images is not None:
+            features = encoder(images.to(device))
+            pooled[rows] = features.pooled.cpu().numpy().astype(np.float16)
+            patches[rows] = features.patches.cpu().numpy().astype(np.float16)
+            pooled.flush()
+            patches.flush()
+            status[rows] = DONE  # only after the features themselves are on disk
+        for i, error in bad:
+            status[todo[i]] = FAILED
+            failed += 1
+            tqdm.write(f"skipped {error}")
+        status.flush()
+        bar.update(len(local) + len(bad))
+        bar.set_postfix(failed=failed)
+    bar.close()
+    if failed:
+        print(f"{failed} of {len(names)} images could not be read and were skipped")
+    return FeatureCache(out)
+
+
+def load_probe_image(folder, names):
+    """The first readable image, to learn the feature shapes."""
+    for name in names:
+        try:
+            return load_image(Path(folder) / name)
+        except ImageError:
+            continue
+    raise ImageError(f"{folder}: none of the {len(names)} images can be read")

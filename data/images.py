@@ -1,0 +1,78 @@
+"""Open any image a user has as an 8-bit RGB picture, or say in one line which file is wrong and why."""
+
+import warnings
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+MAX_PIXELS = 100_000_000  # larger images are refused before they are decoded (a 10k x 10k photo still loads)
+
+
+class ImageError(ValueError):
+    """An image that cannot be used; the message names the file."""
+
+
+def to_rgb(image):
+    """Any PIL mode -> RGB: 16-bit and float scaled down to 8 bits, transparency laid on white."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
+        image = Image.fromarray((values / top * 255).clip(0, 255).round().astype(np.uint8))
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, rgba)
+    return image.convert("RGB")
+
+
+def load_image(path, max_pixels=MAX_PIXELS, draft_size=None):
+    """Read `path` as an RGB PIL image with its EXIF orientation applied.
+
+    draft_size: (w, h) the caller will resize to; lets JPEG decode at a reduced scale, much faster.
+    Raises ImageError with the file's name and the reason.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies instead
+            with Image.open(path) as image:
+                w, h = image.size
+                if w * h > max_pixels:
+                    raise ImageError(f"{path}: {w}x{h} pixels is more than the {max_pixels:,} this loader accepts")
+                if w == 0 or h == 0:
+                    raise ImageError(f"{path}: the image is empty ({w}x{h})")
+                if draft_size is not None and image.format == "JPEG":
+                    image.draft("RGB", draft_size)
+                image = ImageOps.exif_transpose(image)
+                return to_rgb(image)
+    except ImageError:
+        raise
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ImageError(f"{path}: is a folder, not an image") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image file that PIL can read") from None
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{path}: too large to decode safely ({e})") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f"{path}: damaged or truncated image ({e})") from None
+
+
+def load_image_array(path, size):
+    """Read `path` resized (squashed) to size x size: (size, size, 3) uint8."""
+    image = load_image(path, draft_size=(size, size))
+    return np.asarray(image.resize((size, size), Image.BICUBIC))
+
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's normalisation, used for every encoder here
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def normalize(pixels):
+    """uint8 (B, 3, H, W) -> float (B, 3, H, W) with CLIP's mean and standard deviation."""
+    mean = torch.tensor(CLIP_MEAN, device=pixels.device).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, device=pixels.device).view(1, 3, 1, 1)
+    return (pixels.float() / 255 - mean) / std
