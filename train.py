@@ -147,8 +147,9 @@ class PixelSource:
 class CachedFeatureSource:
     """Frozen CLIP features read from the memory-mapped cache; no image is decoded again."""
 
-    def __init__(self, cache):
+    def __init__(self, cache, vit):
         self.cache = cache
+        self.vit = vit  # the frozen encoder the features came from, kept in the checkpoint
 
     def features(self, model, rows, device):
         return self.cache.get(rows, device)
@@ -182,7 +183,7 @@ def load_caption_file(config, device):
         vit, preprocess = load_clip_vit(config.clip_model, pretrained)
         cache = extract_features(vit.to(device), preprocess, config.clip_model, config.images, names,
                                  config.feature_cache, device=device)
-        source, row_of = CachedFeatureSource(cache), {n: cache.index[n] for n in cache.usable()}
+        source, row_of = CachedFeatureSource(cache, vit.cpu()), {n: cache.index[n] for n in cache.usable()}
     else:
         arrays, row_of = [], {}
         for name in tqdm(names, desc="images", unit="img"):
@@ -216,8 +217,8 @@ def build_tokenizer(config, splits):
 
 def build_model(config, tokenizer, source):
     if config.encoder == "clip":
-        meta = source.cache.meta
-        clip_dim, patch_dim, vit = meta["pooled_dim"], meta["patch_dim"], None
+        vit = source.vit.config
+        clip_dim, patch_dim = vit.output_dim, vit.width
     else:
         vit = ViTConfig(config.image_size, config.patch_size, config.vit_width, config.vit_layers, config.vit_heads,
                         output_dim=config.vit_width, fused=config.fused, sincos_init=True)
@@ -228,7 +229,10 @@ def build_model(config, tokenizer, source):
         prefix_mapper=config.prefix_mapper, cross_attention=config.cross_attention, dropout=config.dropout,
         fused=config.fused,
     )
-    return Captioner(CaptionerConfig(vit, decoder))
+    model = Captioner(CaptionerConfig(vit, decoder, frozen_encoder=config.encoder == "clip"))
+    if config.encoder == "clip":
+        model.encoder.load_state_dict(source.vit.state_dict())
+    return model
 
 
 def trainable_parameters(model, train_only):
@@ -237,8 +241,9 @@ def trainable_parameters(model, train_only):
               "cross_attention": lambda n: ".cross_attn." in n or ".ln_2." in n or n.startswith("decoder.patch_proj"),
               "prefix": lambda n: n.startswith("decoder.prefix.")}[train_only]
     params = []
+    frozen = model.config.frozen_encoder
     for name, p in model.named_parameters():
-        p.requires_grad_(wanted(name))
+        p.requires_grad_(wanted(name) and not (frozen and name.startswith("encoder.")))
         if p.requires_grad:
             params.append(p)
     return params

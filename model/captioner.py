@@ -10,15 +10,17 @@ from model.vit import ViTConfig, VisionTransformer
 
 @dataclass
 class CaptionerConfig:
-    vit: ViTConfig = None  # a ViT trained from scratch with the decoder; None when image features come precomputed
+    vit: ViTConfig = None  # the image encoder; None when the captioner only reads precomputed features
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    frozen_encoder: bool = False  # True for CLIP weights: no gradients, always in eval mode
 
     def to_dict(self):
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d):
-        return cls(ViTConfig(**d["vit"]) if d.get("vit") else None, DecoderConfig(**d["decoder"]))
+        vit = ViTConfig(**d["vit"]) if d.get("vit") else None
+        return cls(vit, DecoderConfig(**d["decoder"]), d.get("frozen_encoder", False))
 
 
 class Captioner(nn.Module):
@@ -29,6 +31,14 @@ class Captioner(nn.Module):
         self.config = config
         self.encoder = VisionTransformer(config.vit) if config.vit is not None else None
         self.decoder = CaptionDecoder(config.decoder)
+        if config.frozen_encoder and self.encoder is not None:
+            self.encoder.requires_grad_(False)
+
+    def train(self, mode=True):
+        super().train(mode)
+        if self.config.frozen_encoder and self.encoder is not None:
+            self.encoder.eval()  # a frozen encoder stays in eval mode while the decoder trains
+        return self
 
     def encode(self, images):
         """images: (B, 3, H, W) -> (clip_embed (B, E), patches (B, N, patch_dim))."""

@@ -12,3 +12,13 @@ sys.path.insert(0, ROOT)
 def seeded():
     torch.manual_seed(0)
     yield
+
+SHARED_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data")  # beside the checkout; absent in a user's clone
+
+
+def shared_file(*parts):
+    """Path of a file in ../shared/data, or skip the test cleanly when it is absent."""
+    path = os.path.join(SHARED_DATA, *parts)
+    if not os.path.exists(path):
+        pytest.skip(f"{path} is not present (../shared is only beside the project's own checkout)")
+    return path

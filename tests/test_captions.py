@@ -1,0 +1,115 @@
+"""Every caption format users have is read the same way, and a malformed file gets a one-line error."""
+
+import json
+
+import pytest
+
+from conftest import shared_file
+from data.captions import CaptionFileError, check_images, read_captions
+
+EXPECTED = {"1.jpg": ["A dog runs.", "A brown dog, running."], "2.jpg": ["Two people | talking."]}
+
+
+def write(tmp_path, name, content):
+    path = tmp_path / name
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content, encoding="utf-8")
+    return path
+
+
+def karpathy():
+    return json.dumps({"dataset": "flickr30k", "images": [
+        {"filename": "1.jpg", "split": "train", "sentences": [{"raw": c} for c in EXPECTED["1.jpg"]]},
+        {"filename": "2.jpg", "split": "restval", "sentences": [{"raw": c} for c in EXPECTED["2.jpg"]]}]})
+
+
+FORMATS = {
+    "karpathy": ("dataset_flickr30k.json", karpathy()),
+    "coco": ("captions_val2014.json", json.dumps({
+        "images": [{"id": 7, "file_name": "1.jpg"}, {"id": 9, "file_name": "2.jpg"}],
+        "annotations": [{"image_id": 7, "id": 1, "caption": "A dog runs."},
+                        {"image_id": 9, "id": 2, "caption": "Two people | talking."},
+                        {"image_id": 7, "id": 3, "caption": "A brown dog, running."}]})),
+    "kaggle": ("results.csv", "image_name| comment_number| comment\n1.jpg| 0| A dog runs.\n"
+               "1.jpg| 1| A brown dog, running.\n2.jpg| 0| Two people | talking.\n"),
+    "token": ("results_20130124.token", "1.jpg#0\tA dog runs.\n1.jpg#1\tA brown dog, running.\n"
+              "2.jpg#0\tTwo people | talking.\n"),
+    "flickr8k": ("captions.txt", 'image,caption\n1.jpg,A dog runs.\n1.jpg,"A brown dog, running."\n'
+                 "2.jpg,Two people | talking.\n"),
+}
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_every_format_reads_the_same_captions(tmp_path, fmt):
+    name, content = FORMATS[fmt]
+    captions = read_captions(write(tmp_path, name, content))
+    assert captions.format == fmt
+    assert captions.captions == EXPECTED
+    assert set(captions.splits) == {"1.jpg", "2.jpg"}
+
+
+def test_karpathy_splits_are_kept_and_restval_is_train(tmp_path):
+    captions = read_captions(write(tmp_path, "d.json", karpathy()))
+    assert captions.splits == {"1.jpg": "train", "2.jpg": "train"}
+
+
+def test_files_without_splits_get_a_reproducible_split(tmp_path):
+    lines = "".join(f"{i}.jpg#0\tcaption {i}\n" for i in range(200))
+    path = write(tmp_path, "r.token", lines)
+    a, b = read_captions(path), read_captions(path)
+    assert a.splits == b.splits
+    assert len(a.names("val")) == 10 and len(a.names("test")) == 10 and len(a.names("train")) == 180
+
+
+@pytest.mark.parametrize("content, message", [
+    ("image_name, comment_number, comment\n1.jpg, 0, A dog.\n", "line 1: a header with an unexpected separator"),
+    ("image_name| comment_number| comment\n1.jpg| 0| A dog.\n2.jpg, 0, A cat.\n", "line 3: expected"),
+    ("image_name| comment_number| comment\n1.jpg| 0| A dog.\n1.jpg| 1|   \n", "line 3: empty caption for 1.jpg"),
+    ("1.jpg#0\tA dog.\n1.jpg A cat.\n", "line 2: expected 'name.jpg#k<TAB>caption'"),
+    ('{"images": [{"filename": "1.jpg", "sentences": [{"raw": "A dog."}]}', "line 1: not valid JSON"),
+    ('{"images": [{"id": 1, "file_name": "1.jpg"}], "annotations": [{"image_id": 5, "caption": "x"}]}',
+     "image_id 5, which is not in 'images'"),
+    ("hello world\n", "line 1: not a caption format"),
+    ("", "not a caption format"),
+])
+def test_malformed_files_name_file_and_line(tmp_path, content, message):
+    path = write(tmp_path, "bad.txt", content)
+    with pytest.raises(CaptionFileError) as error:
+        read_captions(path)
+    assert message in str(error.value)
+    assert str(path) in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_non_utf8_bytes_name_the_line(tmp_path):
+    content = "image_name| comment_number| comment\n1.jpg| 0| A dog.\n2.jpg| 0| Caf\xe9 table.\n".encode("latin-1")
+    with pytest.raises(CaptionFileError, match=r"line 3: bytes that are not UTF-8"):
+        read_captions(write(tmp_path, "results.csv", content))
+
+
+def test_missing_caption_file():
+    with pytest.raises(CaptionFileError, match="no such caption file"):
+        read_captions("/nonexistent/captions.json")
+
+
+def test_images_missing_from_the_folder_are_counted_or_skipped(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "1.jpg").write_bytes(b"")
+    lines = "".join(f"{i}.jpg#0\tcaption {i}\n" for i in range(1, 9))
+    path = write(tmp_path, "r.token", lines)
+    with pytest.raises(CaptionFileError, match=r"7 of 8 captioned images are missing \(first: 2.jpg, 3.jpg"):
+        check_images(read_captions(path), folder)
+    captions = read_captions(path)
+    assert check_images(captions, folder, skip_missing=True) == 7
+    assert list(captions.captions) == ["1.jpg"] and list(captions.splits) == ["1.jpg"]
+
+
+def test_real_flickr30k_files_agree():
+    kaggle = read_captions(shared_file("flickr30k-mini", "results.csv"))
+    karpathy = read_captions(shared_file("flickr30k-mini", "dataset_flickr30k.json"))
+    assert kaggle.captions.keys() == karpathy.captions.keys()
+    name = next(iter(karpathy.captions))
+    assert [c.strip() for c in kaggle.captions[name]] == [c.strip() for c in karpathy.captions[name]]

@@ -1,0 +1,90 @@
+"""Odd and broken images: each loads correctly as RGB, or is refused with its name and the reason."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from data.images import ImageError, load_image, load_image_array
+
+
+def save(image, path, **kwargs):
+    image.save(path, **kwargs)
+    return path
+
+
+def test_cmyk_jpeg_becomes_rgb(tmp_path):
+    path = save(Image.new("CMYK", (8, 8), (0, 255, 255, 0)), tmp_path / "cmyk.jpg")  # red in CMYK
+    image = load_image(path)
+    assert image.mode == "RGB"
+    r, g, b = np.asarray(image)[4, 4]
+    assert r > 200 and g < 60 and b < 60
+
+
+def test_16_bit_grayscale_is_scaled_not_clipped(tmp_path):
+    values = np.full((8, 8), 32768, dtype=np.uint16)  # half of 16-bit white
+    path = save(Image.fromarray(values), tmp_path / "gray16.png")
+    assert Image.open(path).mode.startswith("I")
+    pixel = np.asarray(load_image(path))[0, 0]
+    assert abs(int(pixel[0]) - 128) <= 1 and pixel[0] == pixel[1] == pixel[2]
+
+
+def test_palette_image_and_palette_transparency(tmp_path):
+    palette = Image.new("P", (8, 8), 1)
+    palette.putpalette([0, 0, 0, 0, 255, 0] + [0] * 762)  # index 1 is green
+    assert tuple(np.asarray(load_image(save(palette, tmp_path / "p.png")))[0, 0]) == (0, 255, 0)
+    path = save(palette, tmp_path / "pt.png", transparency=1)  # green is the transparent index
+    assert tuple(np.asarray(load_image(path))[0, 0]) == (255, 255, 255)
+
+
+def test_alpha_is_laid_on_white(tmp_path):
+    rgba = Image.new("RGBA", (4, 4), (255, 0, 0, 0))  # fully transparent red
+    rgba.putpixel((0, 0), (0, 0, 255, 255))  # one opaque blue pixel
+    image = np.asarray(load_image(save(rgba, tmp_path / "a.png")))
+    assert tuple(image[1, 1]) == (255, 255, 255) and tuple(image[0, 0]) == (0, 0, 255)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    image = Image.new("RGB", (20, 10), (255, 0, 0))  # wide
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    path = save(image, tmp_path / "rotated.jpg", exif=exif)
+    assert Image.open(path).size == (20, 10)
+    assert load_image(path).size == (10, 20)  # tall, as a viewer shows it
+
+
+def test_large_jpeg_loads_and_oversized_is_refused(tmp_path):
+    path = save(Image.new("RGB", (6000, 4000), (10, 200, 10)), tmp_path / "big.jpg", quality=50)
+    array = load_image_array(path, 32)
+    assert array.shape == (32, 32, 3) and abs(int(array[16, 16, 1]) - 200) < 8
+    with pytest.raises(ImageError, match=r"big.jpg: 6000x4000 pixels is more than"):
+        load_image(path, max_pixels=1_000_000)
+
+
+@pytest.mark.parametrize("name, content, reason", [
+    ("empty.jpg", b"", "not an image file"),
+    ("notes.jpg", b"these are words, not pixels", "not an image file"),
+])
+def test_non_images_are_refused_by_name(tmp_path, name, content, reason):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ImageError) as error:
+        load_image(path)
+    assert str(error.value).startswith(str(path)) and reason in str(error.value)
+
+
+def test_truncated_jpeg_is_refused_by_name(tmp_path):
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buffer, "JPEG")
+    path = tmp_path / "truncated.jpg"
+    path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    with pytest.raises(ImageError, match=r"truncated.jpg: damaged or truncated image"):
+        load_image(path)
+
+
+def test_missing_file_and_folder(tmp_path):
+    with pytest.raises(ImageError, match=r"nope.jpg: no such file"):
+        load_image(tmp_path / "nope.jpg")
+    with pytest.raises(ImageError, match=r"is a folder"):
+        load_image(tmp_path)

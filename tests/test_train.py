@@ -1,0 +1,123 @@
+"""train.py: exact resume, atomic checkpoints, frozen encoders stay frozen, partial training, caption files."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import train
+from model.clip import load_clip_vit
+
+TINY = ["--shapes-train", "256", "--shapes-val", "32", "--shapes-test", "32", "--epochs", "2", "--batch-size", "32",
+        "--vit-width", "32", "--vit-layers", "1", "--vit-heads", "2", "--width", "32", "--layers", "1", "--heads", "2",
+        "--dropout", "0.1", "--val-images", "16", "--checkpoint-every", "3", "--warmup-steps", "4"]
+
+
+def run(tmp_path, name, *extra):
+    return train.main(TINY + ["--out", str(tmp_path / name), *extra])
+
+
+def weights(path):
+    return torch.load(path, weights_only=False)["model"]
+
+
+def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path):
+    run(tmp_path, "straight")
+    run(tmp_path, "resumed", "--stop-after", "11")  # 8 steps an epoch: stops inside the second epoch
+    halfway = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)
+    assert halfway["step"] == 11
+    train.main(["--out", str(tmp_path / "resumed"), "--resume"])
+    a, b = weights(tmp_path / "straight" / "checkpoint.pt"), weights(tmp_path / "resumed" / "checkpoint.pt")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    different = run(tmp_path, "other-seed", "--seed", "1")
+    assert not torch.equal(different.state_dict()["decoder.token_embedding.weight"],
+                           a["decoder.token_embedding.weight"])
+
+
+def test_checkpoint_holds_what_generation_needs_and_logs_are_written(tmp_path):
+    run(tmp_path, "r")
+    state = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=False)
+    assert {"model", "optimizer", "model_config", "train_config", "tokenizer", "step", "rng", "preprocess"} <= set(state)
+    assert state["step"] == 16 and state["tokenizer"]["kind"] == "word"
+    assert not list((tmp_path / "r").glob("*.tmp"))  # written to a temporary file, then renamed
+    records = [json.loads(line) for line in open(tmp_path / "r" / "metrics.jsonl")]
+    epochs = [r for r in records if "val_bleu" in r]
+    assert len(epochs) == 2 and all({"val_loss", "val_token_accuracy", "val_exact"} <= set(r) for r in epochs)
+    assert "test_exact" in records[-1]
+    assert (tmp_path / "r" / "loss_curve.png").stat().st_size > 1000
+
+
+def test_train_only_prefix_changes_nothing_else(tmp_path):
+    torch.manual_seed(0)
+    model = run(tmp_path, "p", "--train-only", "prefix", "--dropout", "0")
+    torch.manual_seed(0)
+    untouched = train.build_model(train.parse_args(TINY + ["--dropout", "0"]), model_tokenizer(tmp_path / "p"), None)
+    for name, p in model.state_dict().items():
+        same = torch.equal(p, untouched.state_dict()[name])
+        assert same != name.startswith("decoder.prefix."), name
+
+
+def model_tokenizer(out):
+    from data.tokenizer import tokenizer_from_dict
+
+    return tokenizer_from_dict(torch.load(out / "checkpoint.pt", weights_only=False)["tokenizer"])
+
+
+@pytest.fixture
+def photo_folder(tmp_path):
+    """Twelve flat-colour 'photos' and a Karpathy caption file naming them, plus one corrupt image."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    colours = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}
+    images = []
+    for i in range(12):
+        colour = list(colours)[i % 3]
+        Image.new("RGB", (40, 30), colours[colour]).save(folder / f"{i}.jpg")
+        split = "train" if i < 9 else "val"
+        images.append({"filename": f"{i}.jpg", "split": split,
+                       "sentences": [{"raw": f"A {colour} picture."}, {"raw": f"Something {colour}."}]})
+    (folder / "12.jpg").write_bytes(b"not a jpeg")
+    images.append({"filename": "12.jpg", "split": "train", "sentences": [{"raw": "A broken picture."}]})
+    captions = tmp_path / "dataset.json"
+    captions.write_text(json.dumps({"images": images}))
+    return folder, captions
+
+
+def test_frozen_clip_encoder_stays_frozen(photo_folder, tmp_path, capsys):
+    folder, captions = photo_folder
+    args = ["--data", str(captions), "--images", str(folder), "--encoder", "clip", "--clip-model", "ViT-S-32",
+            "--clip-pretrained", "none", "--feature-cache", str(tmp_path / "cache"), "--width", "32", "--layers", "1",
+            "--heads", "2", "--epochs", "3", "--batch-size", "6", "--warmup-steps", "1", "--out", str(tmp_path / "c")]
+    model = train.main(args)
+    assert "12.jpg: not an image file" in capsys.readouterr().out  # reported by name, skipped, run goes on
+    torch.manual_seed(0)  # train.py seeds before building the random-weight CLIP, so this is the same tower
+    original, _ = load_clip_vit("ViT-S-32", None)
+    for name, p in model.encoder.state_dict().items():
+        assert torch.equal(p, original.state_dict()[name]), name
+    assert not any(p.requires_grad for p in model.encoder.parameters())
+    assert not model.encoder.training
+    saved = torch.load(tmp_path / "c" / "checkpoint.pt", weights_only=False)
+    assert saved["model_config"]["frozen_encoder"] and "encoder.proj" in saved["model"]
+    cache_folders = list((tmp_path / "cache").iterdir())
+    train.main(args)  # a second run reuses the cache
+    assert list((tmp_path / "cache").iterdir()) == cache_folders
+
+
+def test_scratch_encoder_on_a_caption_file(photo_folder, tmp_path):
+    folder, captions = photo_folder
+    model = run(tmp_path, "s", "--data", str(captions), "--images", str(folder), "--epochs", "30",
+                "--batch-size", "6", "--lr", "3e-3", "--dropout", "0")
+    records = [json.loads(line) for line in open(tmp_path / "s" / "metrics.jsonl")]
+    assert records[-1]["val_exact"] == 1.0  # three colours: the captioner learns them
+    assert model.encoder is not None and any(p.requires_grad for p in model.encoder.parameters())
+
+
+def test_missing_images_stop_the_run_with_a_count(photo_folder, tmp_path):
+    folder, captions = photo_folder
+    (folder / "3.jpg").unlink()
+    with pytest.raises(Exception, match=r"1 of 13 captioned images are missing \(first: 3.jpg\)"):
+        run(tmp_path, "m", "--data", str(captions), "--images", str(folder))
