@@ -11,7 +11,6 @@ import argparse
 import dataclasses
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from data.images import CLIP_MEAN, CLIP_STD, ImageError, load_image_array, norma
 from data.shapes import make_split
 from data.tokenizer import BPETokenizer, WordTokenizer, tokenizer_from_dict
 from model.captioner import Captioner, CaptionerConfig
+from model.checkpoint import load_checkpoint, save_checkpoint
 from model.decoder import DecoderConfig
 from model.sampling import generate
 from model.vit import ViTConfig
@@ -310,11 +310,12 @@ def caption_scores(captions, references):
 
 
 # ----------------------------------------------------------------------------------------------
-# Checkpoints: the unwrapped model's state_dict, optimizer, configs as dicts, step, tokenizer, RNG.
+# Checkpoints (written atomically by model/checkpoint.py): the unwrapped model's state_dict, optimizer,
+# configs as dicts, step, tokenizer, RNG.
 
 
-def save_checkpoint(path, model, optimizer, config, tokenizer, step, preprocess):
-    state = {
+def checkpoint_state(model, optimizer, config, tokenizer, step, preprocess):
+    return {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "model_config": model.config.to_dict(),
@@ -325,9 +326,6 @@ def save_checkpoint(path, model, optimizer, config, tokenizer, step, preprocess)
         "rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
-    tmp = Path(str(path) + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # atomic: a crash leaves the previous checkpoint, never half of a new one
 
 
 def write_loss_curve(log_path, png_path):
@@ -367,7 +365,7 @@ def main(argv=None):
     if config.resume:
         if not checkpoint_path.exists():
             raise SystemExit(f"{checkpoint_path}: no checkpoint to resume from")
-        resumed = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        resumed = load_checkpoint(checkpoint_path)
         saved = dict(resumed["train_config"], resume=True, stop_after=config.stop_after)
         config = TrainConfig(**saved)  # the run continues with the settings it started with
     torch.manual_seed(config.seed)
@@ -380,8 +378,7 @@ def main(argv=None):
     params = trainable_parameters(model, config.train_only)
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     preprocess = ({"kind": "squash", "image_size": config.image_size, "mean": CLIP_MEAN, "std": CLIP_STD}
-                  if config.encoder == "scratch" else
-                  {"kind": "openclip", "clip_model": config.clip_model, "clip_pretrained": config.clip_pretrained})
+                  if config.encoder == "scratch" else dict(source.vit.preprocess_cfg, kind="openclip"))
 
     train_pairs = make_pairs(splits["train"].rows, splits["train"].targets, tokenizer, config.max_len)
     val_pairs = make_pairs(splits["val"].rows, splits["val"].targets, tokenizer, config.max_len)  # what is taught
@@ -442,7 +439,7 @@ def main(argv=None):
             f.write(json.dumps(record) + "\n")
         stopping = config.stop_after and step >= config.stop_after
         if epoch_end or step % config.checkpoint_every == 0 or step == total_steps or stopping:
-            save_checkpoint(checkpoint_path, model, optimizer, config, tokenizer, step, preprocess)
+            save_checkpoint(checkpoint_path, checkpoint_state(model, optimizer, config, tokenizer, step, preprocess))
         if stopping:
             bar.close()
             print(f"stopped after step {step}; continue with --resume")

@@ -76,3 +76,44 @@ def normalize(pixels):
     mean = torch.tensor(CLIP_MEAN, device=pixels.device).view(1, 3, 1, 1)
     std = torch.tensor(CLIP_STD, device=pixels.device).view(1, 3, 1, 1)
     return (pixels.float() / 255 - mean) / std
+
+
+def image_transform(spec):
+    """The evaluation transform a checkpoint was trained with: PIL image -> float (3, S, S).
+
+    spec "squash": resize to S x S (aspect ratio not kept), CLIP normalisation.
+    spec "openclip": OpenCLIP's own transform (resize the shorter side, centre crop), rebuilt from its settings.
+    """
+    if spec["kind"] == "squash":
+        size = spec["image_size"]
+
+        def squash(image):
+            array = np.array(image.resize((size, size), Image.BICUBIC))  # (S, S, 3), a writable copy
+            return normalize(torch.from_numpy(array).permute(2, 0, 1)[None])[0]
+
+        return squash
+    import open_clip
+
+    return open_clip.image_transform(tuple(spec["size"]), is_train=False, mean=tuple(spec["mean"]),
+                                     std=tuple(spec["std"]), resize_mode=spec["resize_mode"],
+                                     interpolation=spec["interpolation"])
+
+
+def view_geometry(spec, width, height):
+    """How the transform maps the original image onto the model's S x S input:
+    returns (S, scale_x, scale_y, offset_x, offset_y) with input = original * scale - offset."""
+    if spec["kind"] == "squash":
+        S = spec["image_size"]
+        return S, S / width, S / height, 0.0, 0.0
+    S = spec["size"][0]
+    scale = S / min(width, height)  # "shortest": the shorter side becomes S, then a centre crop
+    return S, scale, scale, (width * scale - S) / 2, (height * scale - S) / 2
+
+
+def patch_boxes(spec, width, height, grid):
+    """Box (x0, y0, x1, y1) of every patch in original-image pixels, row-major: (grid*grid, 4)."""
+    S, sx, sy, ox, oy = view_geometry(spec, width, height)
+    p = S / grid
+    r, c = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+    r, c = r.flatten().double(), c.flatten().double()
+    return torch.stack([(c * p + ox) / sx, (r * p + oy) / sy, ((c + 1) * p + ox) / sx, ((r + 1) * p + oy) / sy], 1)

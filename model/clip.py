@@ -48,4 +48,5 @@ def load_clip_vit(name="ViT-B-32", pretrained="openai", fused=True):
     vit = VisionTransformer(config)
     vit.load_openclip_state_dict(clip.visual.state_dict())
     vit.requires_grad_(False).eval()
+    vit.preprocess_cfg = dict(clip.visual.preprocess_cfg)  # size, mean, std, interpolation: to rebuild `preprocess`
     return vit, preprocess
