@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import sacrebleu
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -26,6 +25,7 @@ from data.captions import check_images, read_captions
 from data.images import CLIP_MEAN, CLIP_STD, ImageError, load_image_array, normalize
 from data.shapes import make_split
 from data.tokenizer import BPETokenizer, WordTokenizer, tokenizer_from_dict
+from metrics import ptb_tokenize, score_captions
 from model.captioner import Captioner, CaptionerConfig
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.decoder import DecoderConfig
@@ -299,14 +299,10 @@ def caption_split(model, source, split, tokenizer, device, limit=None, batch_siz
 
 
 def caption_scores(captions, references):
-    """Exact-match rate (the caption equals a reference, ignoring case and punctuation) and sacreBLEU."""
-    def norm(text):
-        return " ".join(text.lower().replace(".", " ").replace(",", " ").split())
-
-    exact = np.mean([norm(c) in {norm(r) for r in refs} for c, refs in zip(captions, references)])
-    most = max(len(r) for r in references)
-    streams = [[refs[k] if k < len(refs) else None for refs in references] for k in range(most)]
-    return float(exact), sacrebleu.corpus_bleu(captions, streams).score
+    """Exact-match rate (the caption equals a reference, ignoring case and punctuation) and the COCO
+    caption metrics (BLEU-1..4, CIDEr-D, ROUGE-L) with sacreBLEU, as evaluate.py reports them."""
+    exact = np.mean([ptb_tokenize(c) in {ptb_tokenize(r) for r in refs} for c, refs in zip(captions, references)])
+    return float(exact), score_captions(captions, references)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -430,11 +426,12 @@ def main(argv=None):
             val_loss, token_acc = evaluate_loss(model, source, val_pairs, tokenizer, config, device)
             val = splits["val"]
             captions = caption_split(model, source, val, tokenizer, device, config.val_images)
-            exact, bleu = caption_scores(captions, val.references[: config.val_images])
+            exact, scores = caption_scores(captions, val.references[: config.val_images])
             record.update(val_loss=round(val_loss, 5), val_token_accuracy=round(token_acc, 5),
-                          val_bleu=round(bleu, 3), val_exact=round(exact, 5))
+                          val_exact=round(exact, 5), **{f"val_{k}": round(v, 5) for k, v in scores.items()})
             tqdm.write(f"epoch {epoch + 1}: val loss {val_loss:.4f}, token accuracy {token_acc:.3f}, "
-                       f"BLEU {bleu:.1f}, exact captions {exact:.1%}  ({time.time() - started:.0f}s)")
+                       f"BLEU-4 {scores['BLEU-4']:.3f}, CIDEr-D {scores['CIDEr-D']:.3f}, "
+                       f"exact captions {exact:.1%}  ({time.time() - started:.0f}s)")
         with open(log_path, "a") as f:
             f.write(json.dumps(record) + "\n")
         stopping = config.stop_after and step >= config.stop_after
@@ -449,12 +446,14 @@ def main(argv=None):
 
     test = splits["test"] if len(splits["test"].rows) else splits["val"]
     captions = caption_split(model, source, test, tokenizer, device)
-    exact, bleu = caption_scores(captions, test.references)
+    exact, scores = caption_scores(captions, test.references)
     name = "test" if test is splits["test"] else "val"
-    print(f"\n{name} split, {len(captions)} images: exact captions {exact:.1%}, BLEU {bleu:.1f}")
+    print(f"\n{name} split, {len(captions)} images: exact captions {exact:.1%}, "
+          + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
     for caption, refs in list(zip(captions, test.references))[:5]:
         print(f"  {caption!r:60}  reference: {refs[0]!r}")
-    summary = {"step": step, f"{name}_exact": exact, f"{name}_bleu": bleu, "seconds": round(time.time() - started, 1)}
+    summary = {"step": step, f"{name}_exact": exact, **{f"{name}_{k}": v for k, v in scores.items()},
+               "seconds": round(time.time() - started, 1)}
     with open(log_path, "a") as f:
         f.write(json.dumps(summary) + "\n")
     print(f"checkpoint: {checkpoint_path}  metrics: {log_path}  loss curve: {out / 'loss_curve.png'}  "

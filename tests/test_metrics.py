@@ -1,0 +1,113 @@
+"""Our BLEU, CIDEr-D and ROUGE-L equal pycocoevalcap's scorers; our PTB tokenizer equals Stanford's."""
+
+import json
+import random
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import shared_file
+from metrics import bleu, cider_d, ptb_tokenize, rouge_l, score_captions
+
+coco_bleu = pytest.importorskip("pycocoevalcap.bleu.bleu")
+coco_cider = pytest.importorskip("pycocoevalcap.cider.cider")
+coco_rouge = pytest.importorskip("pycocoevalcap.rouge.rouge")
+
+WORDS = "a the man woman dog two in on with red blue shirt running park street black is are near of and".split()
+
+
+def synthetic_corpus(images=150, seed=0):
+    """Tokenized captions with shared and unshared n-grams, varied lengths and reference counts."""
+    rng = random.Random(seed)
+    refs, cands = [], []
+    for _ in range(images):
+        base = [rng.choice(WORDS) for _ in range(rng.randint(3, 12))]
+        image_refs = []
+        for _ in range(rng.randint(1, 5)):
+            r = [w if rng.random() > 0.3 else rng.choice(WORDS) for w in base]
+            image_refs.append(" ".join(r[: rng.randint(2, len(r))]))
+        refs.append(image_refs)
+        cand = [w if rng.random() > 0.4 else rng.choice(WORDS) for w in base]
+        cands.append(" ".join(cand[: rng.randint(1, len(cand))] * rng.choice([1, 1, 2])))
+    return cands, refs
+
+
+def coco_scores(cands, refs):
+    gts = {i: r for i, r in enumerate(refs)}
+    res = {i: [c] for i, c in enumerate(cands)}
+    b, _ = coco_bleu.Bleu(4).compute_score(gts, res, verbose=0)
+    c, c_each = coco_cider.Cider().compute_score(gts, res)
+    r, r_each = coco_rouge.Rouge().compute_score(gts, res)
+    return b, (c, c_each), (r, r_each)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_metrics_equal_pycocoevalcap(seed):
+    cands, refs = synthetic_corpus(seed=seed)
+    b, (c, c_each), (r, r_each) = coco_scores(cands, refs)
+    assert bleu(cands, refs) == pytest.approx(b, abs=1e-6)
+    ours_c, ours_each = cider_d(cands, refs)
+    assert ours_c == pytest.approx(c, abs=1e-6) and ours_each == pytest.approx(list(c_each), abs=1e-6)
+    ours_r, ours_r_each = rouge_l(cands, refs)
+    assert ours_r == pytest.approx(r, abs=1e-6) and ours_r_each == pytest.approx(list(r_each), abs=1e-6)
+    assert 0.05 < b[3] < 0.9 and c > 0.1  # a corpus where the scores are neither 0 nor perfect
+
+
+def test_metrics_equal_pycocoevalcap_on_real_flickr_captions():
+    images = json.load(open(shared_file("flickr30k-mini", "dataset_flickr30k.json")))["images"][:300]
+    cands = [ptb_tokenize(im["sentences"][0]["raw"]) for im in images]  # one human caption against the rest
+    refs = [[ptb_tokenize(s["raw"]) for s in im["sentences"][1:]] for im in images]
+    b, (c, _), (r, _) = coco_scores(cands, refs)
+    assert bleu(cands, refs) == pytest.approx(b, abs=1e-6)
+    assert cider_d(cands, refs)[0] == pytest.approx(c, abs=1e-6)
+    assert rouge_l(cands, refs)[0] == pytest.approx(r, abs=1e-6)
+
+
+def test_perfect_and_hopeless_captions():
+    refs = [["a dog runs on the grass", "a brown dog running"], ["two men talk", "two people are talking"]]
+    perfect = score_captions(["A dog runs on the grass.", "Two men talk."], refs)
+    assert perfect["BLEU-1"] == pytest.approx(1.0) and perfect["ROUGE-L"] == pytest.approx(1.0)
+    hopeless = score_captions(["zebra", "zebra"], refs)
+    assert hopeless["BLEU-4"] < 1e-6 and hopeless["CIDEr-D"] == 0 and hopeless["ROUGE-L"] == 0
+
+
+TRICKY = {
+    "A man's dog doesn't run (fast) in the park.": "a man 's dog does n't run -lrb- fast -rrb- in the park",
+    'Two "young" kids; near a T-shirt stand...': "two young kids near a t-shirt stand",
+    "They're here, we've gone & it's 3:30 p.m. at St. Mary's!": "they 're here we 've gone & it 's 3:30 p.m. at st. mary 's",
+    "A man wearing a U.S. flag, 1,000 times -- today.": "a man wearing a u.s. flag 1,000 times today",
+    "Don't! CAN'T won't cannot I'm you'll": "do n't ca n't wo n't can not i 'm you 'll",
+    "Red &amp; white shirt, $5.00 and 50% off, #15.": "red & white shirt $ 5.00 and 50 % off # 15",
+}
+
+
+def test_ptb_tokenizer_on_the_cases_that_matter():
+    for caption, expected in TRICKY.items():
+        assert ptb_tokenize(caption) == expected, caption
+
+
+def java_ptb(captions):
+    """pycocoevalcap's own tokenizer (Stanford PTBTokenizer in Java), with its punctuation filter."""
+    if shutil.which("java") is None:
+        pytest.skip("java is not installed")
+    import pycocoevalcap.tokenizer.ptbtokenizer as ptb
+
+    jar_dir = Path(ptb.__file__).parent
+    out = subprocess.run(["java", "-cp", ptb.STANFORD_CORENLP_3_4_1_JAR, "edu.stanford.nlp.process.PTBTokenizer",
+                          "-preserveLines", "-lowerCase"], input="\n".join(captions), cwd=jar_dir,
+                         capture_output=True, text=True, check=True).stdout.split("\n")
+    return [" ".join(w for w in line.rstrip().split(" ") if w not in ptb.PUNCTUATIONS) for line in out]
+
+
+def test_ptb_tokenizer_equals_stanford_on_tricky_captions():
+    assert [ptb_tokenize(c) for c in TRICKY] == java_ptb(list(TRICKY))
+
+
+def test_ptb_tokenizer_equals_stanford_on_real_flickr_captions():
+    images = json.load(open(shared_file("flickr30k-captions.json")))["images"][:6000]
+    captions = [s["raw"].replace("\n", " ") for im in images for s in im["sentences"]]
+    java = java_ptb(captions)
+    same = sum(ptb_tokenize(c) == j for c, j in zip(captions, java))
+    assert same / len(captions) > 0.999  # measured on all 155,070: 39 differ, HTML oddities and Java quirks
