@@ -1,0 +1,156 @@
+"""generate.py: captions from a checkpoint, attention pictures, region-focused captions, clear errors."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.testing import assert_close
+
+import generate
+from data.shapes import make_split
+from model.rollout import attention_rollout
+
+SCALE = 4  # scenes are drawn at 32 px and saved at 128 px, as a user's larger photo would be
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("scenes")
+    scenes = make_split("test", 60, 32)
+    for i, s in enumerate(scenes):
+        Image.fromarray(s.image).resize((32 * SCALE, 32 * SCALE), Image.NEAREST).save(folder / f"{i:02d}.png")
+    return folder, scenes
+
+
+def test_folder_with_an_unreadable_image(shapes_checkpoint, scenes, tmp_path, capsys):
+    folder, truth = scenes
+    work = tmp_path / "imgs"
+    work.mkdir()
+    for i in range(4):
+        (work / f"{i:02d}.png").write_bytes((folder / f"{i:02d}.png").read_bytes())
+    (work / "broken.png").write_bytes(b"\x89PNG but not really")
+    with pytest.raises(SystemExit) as exit_status:
+        generate.main([str(shapes_checkpoint), str(work), "--json", str(tmp_path / "c.json"),
+                       "--csv", str(tmp_path / "c.csv")])
+    assert exit_status.value.code == 1  # non-zero at the end...
+    out, err = capsys.readouterr()
+    assert "broken.png: not an image file" in err and err.count("\n") == 2  # ...after one line naming it
+    results = json.loads((tmp_path / "c.json").read_text())
+    assert [r["image"].split("/")[-1] for r in results] == [f"{i:02d}.png" for i in range(4)]  # the rest captioned
+    rows = list(csv.DictReader(open(tmp_path / "c.csv")))
+    assert [r["caption"] for r in rows] == [r["captions"][0] for r in results]
+    correct = sum(r["captions"][0] in s.captions for r, s in zip(results, truth))
+    assert correct >= 3
+    assert "00.png" in out
+
+
+def test_sampling_several_captions_and_beam(shapes_checkpoint, scenes):
+    folder, _ = scenes
+    sampled = generate.main([str(shapes_checkpoint), str(folder / "00.png"), "--temperature", "1.5", "--num", "4",
+                             "--top-k", "5"])
+    assert len(sampled[0]["captions"]) == 4
+    beam = generate.main([str(shapes_checkpoint), str(folder / "00.png"), "--beam", "3"])
+    greedy = generate.main([str(shapes_checkpoint), str(folder / "00.png")])
+    assert beam[0]["captions"][0].split()[:3] == greedy[0]["captions"][0].split()[:3]
+
+
+def box_around(obj, margin=2):
+    x0, y0, x1, y1 = obj.box
+    return ",".join(str(v * SCALE) for v in (max(0, x0 - margin), max(0, y0 - margin), x1 + 1 + margin, y1 + 1 + margin))
+
+
+def test_a_box_around_one_object_captions_that_object_and_not_the_other(shapes_checkpoint, scenes):
+    folder, truth = scenes
+    pairs = [(i, s) for i, s in enumerate(truth) if len(s.objects) == 2][:16]
+    hits = 0
+    for i, scene in pairs:
+        for target, other in (scene.objects, scene.objects[::-1]):
+            caption = generate.main([str(shapes_checkpoint), str(folder / f"{i:02d}.png"),
+                                     "--region", box_around(target)])[0]["captions"][0]
+            names_target = f"{target.colour} {target.shape}" in caption
+            names_other = f"{other.colour} {other.shape}" in caption
+            hits += names_target and not names_other
+    assert hits / (2 * len(pairs)) >= 0.8, hits
+
+
+@pytest.mark.parametrize("region, message", [
+    ("10,10,5,40", "empty box"),
+    ("200,200,300,300", "lies outside 00.png (128x128)"),
+    ("1,2,3", "expected four numbers"),
+])
+def test_bad_regions_are_refused(shapes_checkpoint, scenes, region, message, capsys):
+    folder, _ = scenes
+    with pytest.raises(SystemExit) as error:
+        generate.main([str(shapes_checkpoint), str(folder / "00.png"), "--region", region])
+    assert message in str(error.value.code)
+
+
+def test_region_mask_image(shapes_checkpoint, scenes, tmp_path):
+    folder, truth = scenes
+    i, scene = next((i, s) for i, s in enumerate(truth) if len(s.objects) == 2)
+    mask = np.zeros((128, 128), dtype=np.uint8)
+    x0, y0, x1, y1 = (v * SCALE for v in scene.objects[0].box)
+    mask[y0 : y1 + 1, x0 : x1 + 1] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    caption = generate.main([str(shapes_checkpoint), str(folder / f"{i:02d}.png"), "--region-mask",
+                             str(tmp_path / "mask.png")])[0]["captions"][0]
+    assert scene.objects[0].shape in caption
+    Image.fromarray(np.zeros((128, 128), dtype=np.uint8)).save(tmp_path / "empty.png")
+    with pytest.raises(SystemExit, match="no white pixel"):
+        generate.main([str(shapes_checkpoint), str(folder / "00.png"), "--region-mask", str(tmp_path / "empty.png")])
+
+
+def test_attention_pictures_are_written(shapes_checkpoint, scenes, tmp_path):
+    folder, _ = scenes
+    results = generate.main([str(shapes_checkpoint), str(folder / "00.png"), str(folder / "01.png"),
+                             "--attention", str(tmp_path / "att")])
+    for r in results:
+        picture = Image.open(r["attention"])
+        assert picture.format == "PNG" and picture.width > 400 and picture.height > 150
+    assert sorted(p.name for p in (tmp_path / "att").iterdir()) == ["00.png", "01.png"]
+
+
+def test_word_attention_maps_are_distributions_over_patches(shapes_checkpoint, scenes):
+    from data.images import image_transform
+    from data.tokenizer import tokenizer_from_dict
+    from model.checkpoint import load_captioner
+
+    model, state = load_captioner(shapes_checkpoint)
+    tokenizer = tokenizer_from_dict(state["tokenizer"])
+    folder, _ = scenes
+    item = generate.Item(folder / "00.png", None, image_transform(state["preprocess"])(Image.open(folder / "00.png").convert("RGB")))
+    clip_embed, patches = model.encode(item.pixels[None])
+    ids = generate.generate(model.decoder, clip_embed, patches, tokenizer.bos_id, tokenizer.eos_id)[0]
+    words, maps = generate.word_attention(model, tokenizer, item, ids, "mean", "cpu")
+    assert " ".join(words) == tokenizer.decode(ids.tolist())
+    assert maps.shape == (len(words), model.encoder.config.num_patches)
+    assert_close(maps.sum(-1), torch.ones(len(words)))
+
+
+def test_attention_rollout_by_hand():
+    attn = torch.tensor([[0.5, 0.25, 0.25], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])[None, None]  # (1, 1, 3, 3)
+    # one layer: 0.5 * I + 0.5 * A, row 0 = [0.75, 0.125, 0.125] -> patches [0.5, 0.5]
+    assert_close(attention_rollout([attn]), torch.tensor([[0.5, 0.5]]))
+    skewed = torch.tensor([[0.2, 0.8, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])[None, None]
+    assert attention_rollout([skewed, skewed])[0, 0] == 1.0  # all flow goes through patch 1
+
+
+def test_bad_checkpoints_get_one_line_errors(shapes_checkpoint, scenes, tmp_path):
+    folder, _ = scenes
+    image = str(folder / "00.png")
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(shapes_checkpoint.read_bytes()[:5000])
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(3)}, foreign)
+    state = torch.load(shapes_checkpoint, weights_only=False)
+    state["model_config"]["decoder"]["width"] = 64
+    other = tmp_path / "other-config.pt"
+    torch.save(state, other)
+    for path, message in [(truncated, "damaged or truncated checkpoint"), (foreign, "not a captioner checkpoint"),
+                          (other, "weights do not fit the configuration"), (tmp_path / "none.pt", "no such checkpoint")]:
+        with pytest.raises(SystemExit) as error:
+            generate.main([str(path), image])
+        assert message in str(error.value.code) and "\n" not in str(error.value.code)
