@@ -237,8 +237,11 @@ def build_model(config, tokenizer, source):
 
 def trainable_parameters(model, train_only):
     """Freeze all but what `train_only` names; returns the parameters the optimizer updates."""
-    wanted = {"all": lambda n: True,
-              "cross_attention": lambda n: ".cross_attn." in n or ".ln_2." in n or n.startswith("decoder.patch_proj"),
+    def cross_attention(name):  # the cross-attention layers, their norms, and the patch projection feeding them
+        in_block = name.startswith("decoder.blocks.") and (".cross_attn." in name or ".ln_2." in name)
+        return in_block or name.startswith("decoder.patch_proj.")
+
+    wanted = {"all": lambda n: True, "cross_attention": cross_attention,
               "prefix": lambda n: n.startswith("decoder.prefix.")}[train_only]
     params = []
     frozen = model.config.frozen_encoder
@@ -267,7 +270,7 @@ def batches(pairs, size):
 
 
 @torch.no_grad()
-def evaluate_loss(model, source, pairs, tokenizer, config, device):
+def evaluate_loss(model, source, pairs, tokenizer, device):
     """Teacher-forced loss and next-token accuracy over (image, caption) pairs."""
     model.eval()
     loss_sum, correct, count = 0.0, 0, 0
@@ -423,7 +426,7 @@ def main(argv=None):
                   "lr": optimizer.param_groups[0]["lr"]}
         epoch_end = step % steps_per_epoch == 0
         if epoch_end:
-            val_loss, token_acc = evaluate_loss(model, source, val_pairs, tokenizer, config, device)
+            val_loss, token_acc = evaluate_loss(model, source, val_pairs, tokenizer, device)
             val = splits["val"]
             captions = caption_split(model, source, val, tokenizer, device, config.val_images)
             exact, scores = caption_scores(captions, val.references[: config.val_images])

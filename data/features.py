@@ -87,7 +87,8 @@ def extract_features(encoder, preprocess, encoder_name, folder, names, cache_roo
                      device="cpu"):
     """Compute features of every image in `names` (files in `folder`) into cache_root/<key>, resuming
     an earlier run with the same key. Returns the FeatureCache."""
-    key = cache_key(encoder_name, weights_digest(encoder), preprocess)
+    digest = weights_digest(encoder)
+    key = cache_key(encoder_name, digest, preprocess)
     out = Path(cache_root) / key
     names = sorted(names)
     if (out / "meta.json").exists():
@@ -102,7 +103,7 @@ def extract_features(encoder, preprocess, encoder_name, folder, names, cache_roo
         np.lib.format.open_memmap(out / "patches.npy", "w+", np.float16, (len(names), N, C)).flush()
         np.save(out / "status.npy", np.zeros(len(names), np.uint8))
         (out / "names.json").write_text(json.dumps(names))
-        meta = {"encoder": encoder_name, "weights_sha256": weights_digest(encoder), "preprocess": repr(preprocess),
+        meta = {"encoder": encoder_name, "weights_sha256": digest, "preprocess": repr(preprocess),
                 "image_folder": str(folder), "pooled_dim": E, "patch_tokens": N, "patch_dim": C}
         (out / "meta.json").write_text(json.dumps(meta, indent=1))
     pooled = np.load(out / "pooled.npy", mmap_mode="r+")

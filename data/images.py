@@ -28,10 +28,9 @@ def to_rgb(image):
     return image.convert("RGB")
 
 
-def load_image(path, max_pixels=MAX_PIXELS, draft_size=None):
+def load_image(path, max_pixels=MAX_PIXELS):
     """Read `path` as an RGB PIL image with its EXIF orientation applied.
 
-    draft_size: (w, h) the caller will resize to; lets JPEG decode at a reduced scale, much faster.
     Raises ImageError with the file's name and the reason.
     """
     try:
@@ -43,8 +42,6 @@ def load_image(path, max_pixels=MAX_PIXELS, draft_size=None):
                     raise ImageError(f"{path}: {w}x{h} pixels is more than the {max_pixels:,} this loader accepts")
                 if w == 0 or h == 0:
                     raise ImageError(f"{path}: the image is empty ({w}x{h})")
-                if draft_size is not None and image.format == "JPEG":
-                    image.draft("RGB", draft_size)
                 image = ImageOps.exif_transpose(image)
                 return to_rgb(image)
     except ImageError:
@@ -61,10 +58,14 @@ def load_image(path, max_pixels=MAX_PIXELS, draft_size=None):
         raise ImageError(f"{path}: damaged or truncated image ({e})") from None
 
 
+def squash(image, size):
+    """Resize to size x size, aspect ratio not kept: (size, size, 3) uint8, writable."""
+    return np.array(image.resize((size, size), Image.BICUBIC))
+
+
 def load_image_array(path, size):
-    """Read `path` resized (squashed) to size x size: (size, size, 3) uint8."""
-    image = load_image(path, draft_size=(size, size))
-    return np.asarray(image.resize((size, size), Image.BICUBIC))
+    """Read `path` squashed to size x size: what a scratch ViT is trained on."""
+    return squash(load_image(path), size)
 
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's normalisation, used for every encoder here
@@ -87,11 +88,11 @@ def image_transform(spec):
     if spec["kind"] == "squash":
         size = spec["image_size"]
 
-        def squash(image):
-            array = np.array(image.resize((size, size), Image.BICUBIC))  # (S, S, 3), a writable copy
+        def squash_and_normalize(image):
+            array = squash(image, size)  # (S, S, 3)
             return normalize(torch.from_numpy(array).permute(2, 0, 1)[None])[0]
 
-        return squash
+        return squash_and_normalize
     import open_clip
 
     return open_clip.image_transform(tuple(spec["size"]), is_train=False, mean=tuple(spec["mean"]),

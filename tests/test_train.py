@@ -52,14 +52,19 @@ def test_checkpoint_holds_what_generation_needs_and_logs_are_written(tmp_path):
     assert (tmp_path / "r" / "loss_curve.png").stat().st_size > 1000
 
 
-def test_train_only_prefix_changes_nothing_else(tmp_path):
-    torch.manual_seed(0)
-    model = run(tmp_path, "p", "--train-only", "prefix", "--dropout", "0")
-    torch.manual_seed(0)
-    untouched = train.build_model(train.parse_args(TINY + ["--dropout", "0"]), model_tokenizer(tmp_path / "p"), None)
+@pytest.mark.parametrize("part, trained", [
+    ("prefix", lambda n: n.startswith("decoder.prefix.")),
+    ("cross_attention", lambda n: n.startswith("decoder.patch_proj.") or (
+        n.startswith("decoder.blocks.") and (".cross_attn." in n or ".ln_2." in n))),
+])
+def test_train_only_changes_nothing_else(tmp_path, part, trained):
+    args = ["--dropout", "0", "--prefix-mapper", "transformer"]  # its blocks have an ln_2 that must stay put
+    model = run(tmp_path, part, "--train-only", part, *args)
+    torch.manual_seed(0)  # train.py seeds before building the model, so this is its starting point
+    untouched = train.build_model(train.parse_args(TINY + args), model_tokenizer(tmp_path / part), None)
     for name, p in model.state_dict().items():
         same = torch.equal(p, untouched.state_dict()[name])
-        assert same != name.startswith("decoder.prefix."), name
+        assert same != trained(name), name
 
 
 def model_tokenizer(out):
