@@ -10,7 +10,6 @@ Images are matched by file name.
 import argparse
 import csv
 import json
-import sys
 from pathlib import Path
 
 from data.captions import CaptionFileError, read_captions

@@ -168,14 +168,18 @@ def caption_batch(model, tokenizer, items, args, device, generator):
 
 
 @torch.no_grad()
-def word_attention(model, tokenizer, item, ids, layer, device):
-    """Cross-attention over the patches for each generated word: (words, maps (n, N)), heads averaged."""
+def word_attention(model, tokenizer, item, ids, layer, device, encoded=None):
+    """Cross-attention over the patches for each generated word: (words, maps (n, N)), heads averaged.
+
+    encoded: the encoder's output for item.pixels, if the caller already has it.
+    """
     ids = ids.tolist()
     n = ids.index(tokenizer.eos_id) if tokenizer.eos_id in ids else len(ids)
     words = [tokenizer.decode([i]) for i in ids[:n]]
-    pixels = (item.crop if item.crop is not None else item.pixels)[None].to(device)
-    clip_embed, _ = model.encode(pixels)
-    _, patches = model.encode(item.pixels[None].to(device))
+    encoded = encoded if encoded is not None else model.encoder(item.pixels[None].to(device))
+    clip_embed, patches = encoded.pooled, encoded.patches
+    if item.crop is not None:
+        clip_embed, _ = model.encode(item.crop[None].to(device))  # the prefix came from the region's crop
     tokens = torch.tensor([[tokenizer.bos_id] + ids[:n]], device=device)  # (1, n + 1)
     mask = item.patch_mask[None].to(device) if item.patch_mask is not None else None
     out = model.decoder(tokens, clip_embed, patches, patch_mask=mask, return_attn=True)
@@ -199,9 +203,10 @@ def save_attention_picture(model, tokenizer, item, ids, folder, layer, device):
 
     folder.mkdir(parents=True, exist_ok=True)
     grid = model.encoder.config.grid
-    words, maps = word_attention(model, tokenizer, item, ids, layer, device)
     with torch.no_grad():
-        rollout = attention_rollout(model.encoder(item.pixels[None].to(device), return_attn=True).attn)[0].cpu()
+        encoded = model.encoder(item.pixels[None].to(device), return_attn=True)
+    words, maps = word_attention(model, tokenizer, item, ids, layer, device, encoded)
+    rollout = attention_rollout(encoded.attn)[0].cpu()
     view = item.pixels * torch.tensor(CLIP_STD).view(3, 1, 1) + torch.tensor(CLIP_MEAN).view(3, 1, 1)
     view = view.clamp(0, 1).permute(1, 2, 0).numpy()  # (S, S, 3), what the model saw
     panels = [("image", None), ("encoder rollout", rollout)]
