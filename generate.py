@@ -193,10 +193,7 @@ def word_attention(model, tokenizer, item, ids, layer, device, encoded=None):
 
 def save_attention_picture(model, tokenizer, item, ids, folder, layer, device):
     """One PNG: the model's view of the image, the encoder's attention rollout, then one heat map per word."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: leaves a notebook's plotting backend alone
 
     from data.images import CLIP_MEAN, CLIP_STD
     from model.rollout import attention_rollout
@@ -213,7 +210,8 @@ def save_attention_picture(model, tokenizer, item, ids, folder, layer, device):
     panels += [(w, maps[i]) for i, w in enumerate(words)] if maps is not None else []
     cols = min(6, len(panels))
     rows = -(-len(panels) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.4 * rows), squeeze=False)
+    fig = Figure(figsize=(2.2 * cols, 2.4 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, (title, heat) in zip(axes.flat, panels):
@@ -226,7 +224,6 @@ def save_attention_picture(model, tokenizer, item, ids, folder, layer, device):
     fig.tight_layout()
     out = folder / f"{item.path.stem}.png"
     fig.savefig(out, dpi=90)
-    plt.close(fig)
     return out
 
 

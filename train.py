@@ -332,15 +332,13 @@ def checkpoint_state(model, optimizer, config, tokenizer, step, preprocess):
 
 
 def write_loss_curve(log_path, png_path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: leaves a notebook's plotting backend alone
 
     rows = [json.loads(line) for line in open(log_path)]
     train = [(r["step"], r["train_loss"]) for r in rows if "train_loss" in r]
     val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     if train:
         ax.plot(*zip(*train), label="train loss", lw=1)
     if val:
@@ -352,7 +350,6 @@ def write_loss_curve(log_path, png_path):
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)
-    plt.close(fig)
 
 
 # ----------------------------------------------------------------------------------------------
