@@ -23,7 +23,7 @@ import torch
 
 from data.images import ImageError, image_transform, load_image, patch_boxes
 from data.tokenizer import tokenizer_from_dict
-from model.checkpoint import CheckpointError, load_captioner
+from model.checkpoint import CheckpointError, load_captioner, pick_device
 from model.sampling import beam_search, generate
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -229,7 +229,7 @@ def save_attention_picture(model, tokenizer, item, ids, folder, layer, device):
 
 def main(argv=None):
     args = parse_args(argv)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else torch.device(args.device)
+    device = pick_device(args.device)
     try:
         model, state = load_captioner(args.checkpoint, device)
     except CheckpointError as e:

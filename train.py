@@ -28,7 +28,7 @@ from data.shapes import make_split
 from data.tokenizer import BPETokenizer, WordTokenizer, tokenizer_from_dict
 from metrics import ptb_tokenize, score_captions
 from model.captioner import Captioner, CaptionerConfig
-from model.checkpoint import load_checkpoint, save_checkpoint
+from model.checkpoint import load_checkpoint, pick_device, save_checkpoint
 from model.decoder import DecoderConfig
 from model.sampling import generate
 from model.vit import ViTConfig
@@ -118,10 +118,6 @@ def parse_args(argv=None):
     if config.encoder == "clip" and config.data == "shapes":
         parser.error("--encoder clip reads an images folder; use it with --data CAPTIONS --images FOLDER")
     return config
-
-
-def pick_device(name):
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else torch.device(name)
 
 
 # ----------------------------------------------------------------------------------------------

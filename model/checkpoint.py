@@ -16,6 +16,11 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message names the file."""
 
 
+def pick_device(name="auto"):
+    """"auto": CUDA when present, else the CPU; any other name ("cpu", "cuda", "cuda:1") as given."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else torch.device(name)
+
+
 def save_checkpoint(path, state):
     tmp = Path(str(path) + ".tmp")
     torch.save(state, tmp)

@@ -281,7 +281,6 @@ for r in records:
 Uses the model trained in notebook 5 (or trains one, for two epochs, if it is missing)."""),
         ("code", SETUP + """
 from pathlib import Path
-import numpy as np
 from PIL import Image
 import generate
 from data.shapes import make_split
