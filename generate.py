@@ -122,7 +122,6 @@ def region_patch_mask(spec, width, height, grid, box, mask=None):
 @dataclass
 class Item:
     path: Path
-    image: object  # PIL image
     pixels: torch.Tensor  # (3, S, S) model input
     crop: torch.Tensor = None  # (3, S, S) the region's crop, for the prefix
     patch_mask: torch.Tensor = None  # (N,) patches inside the region
@@ -130,7 +129,7 @@ class Item:
 
 def prepare(path, transform, spec, grid, args):
     image = load_image(path)
-    item = Item(path, image, transform(image))
+    item = Item(path, transform(image))
     if args.region or args.region_mask:
         W, H = image.size
         if args.region:
@@ -191,11 +190,13 @@ def word_attention(model, tokenizer, item, ids, layer, device, encoded=None):
     return words, maps[P : P + n].cpu()  # row P + i is the query that produced word i
 
 
-def save_attention_picture(model, tokenizer, item, ids, folder, layer, device):
-    """One PNG: the model's view of the image, the encoder's attention rollout, then one heat map per word."""
+def save_attention_picture(model, tokenizer, item, ids, folder, layer, device, spec):
+    """One PNG: the model's view of the image, the encoder's attention rollout, then one heat map per word.
+
+    spec: the checkpoint's preprocessing, whose mean and std undo the normalisation for display.
+    """
     from matplotlib.figure import Figure  # no pyplot: leaves a notebook's plotting backend alone
 
-    from data.images import CLIP_MEAN, CLIP_STD
     from model.rollout import attention_rollout
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -204,7 +205,7 @@ def save_attention_picture(model, tokenizer, item, ids, folder, layer, device):
         encoded = model.encoder(item.pixels[None].to(device), return_attn=True)
     words, maps = word_attention(model, tokenizer, item, ids, layer, device, encoded)
     rollout = attention_rollout(encoded.attn)[0].cpu()
-    view = item.pixels * torch.tensor(CLIP_STD).view(3, 1, 1) + torch.tensor(CLIP_MEAN).view(3, 1, 1)
+    view = item.pixels * torch.tensor(spec["std"]).view(3, 1, 1) + torch.tensor(spec["mean"]).view(3, 1, 1)
     view = view.clamp(0, 1).permute(1, 2, 0).numpy()  # (S, S, 3), what the model saw
     panels = [("image", None), ("encoder rollout", rollout)]
     panels += [(w, maps[i]) for i, w in enumerate(words)] if maps is not None else []
@@ -262,7 +263,8 @@ def main(argv=None):
         for item, texts, ids in zip(items, captions, tokens):
             results.append({"image": str(item.path), "captions": texts})
             if args.attention:
-                out = save_attention_picture(model, tokenizer, item, ids, Path(args.attention), args.layer, device)
+                out = save_attention_picture(model, tokenizer, item, ids, Path(args.attention), args.layer, device,
+                                             spec)
                 results[-1]["attention"] = str(out)
 
     print_table(results)

@@ -121,7 +121,7 @@ def test_word_attention_maps_are_distributions_over_patches(shapes_checkpoint, s
     model, state = load_captioner(shapes_checkpoint)
     tokenizer = tokenizer_from_dict(state["tokenizer"])
     folder, _ = scenes
-    item = generate.Item(folder / "00.png", None, image_transform(state["preprocess"])(Image.open(folder / "00.png").convert("RGB")))
+    item = generate.Item(folder / "00.png", image_transform(state["preprocess"])(Image.open(folder / "00.png").convert("RGB")))
     clip_embed, patches = model.encode(item.pixels[None])
     ids = generate.generate(model.decoder, clip_embed, patches, tokenizer.bos_id, tokenizer.eos_id)[0]
     words, maps = generate.word_attention(model, tokenizer, item, ids, "mean", "cpu")
