@@ -109,14 +109,14 @@ def extract_features(encoder, preprocess, encoder_name, folder, names, cache_roo
     pooled = np.load(out / "pooled.npy", mmap_mode="r+")
     patches = np.load(out / "patches.npy", mmap_mode="r+")
     status = np.load(out / "status.npy", mmap_mode="r+")
-    todo = [i for i in range(len(names)) if status[i] == PENDING]
+    todo = np.flatnonzero(status == PENDING)  # cache rows still to compute
     paths = [Path(folder) / names[i] for i in todo]
     loader = torch.utils.data.DataLoader(ImageFolderDataset(paths, preprocess), batch_size=batch_size,
                                          num_workers=num_workers, collate_fn=collate)
     failed = int((status == FAILED).sum())
     bar = tqdm(total=len(names), initial=len(names) - len(todo), desc="features", unit="img")
     for local, images, bad in loader:
-        rows = np.asarray(todo)[local.numpy()] if len(local) else np.zeros(0, dtype=int)
+        rows = todo[local.numpy()]  # loader indices -> cache rows
         if images is not None:
             features = encoder(images.to(device))
             pooled[rows] = features.pooled.cpu().numpy().astype(np.float16)
