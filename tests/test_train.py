@@ -1,6 +1,7 @@
 """train.py: exact resume, atomic checkpoints, frozen encoders stay frozen, partial training, caption files."""
 
 import json
+import random
 
 import pytest
 import torch
@@ -22,9 +23,10 @@ def weights(path):
     return torch.load(path, weights_only=False)["model"]
 
 
-def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path):
-    run(tmp_path, "straight")
-    run(tmp_path, "resumed", "--stop-after", "11")  # 8 steps an epoch: stops inside the second epoch
+@pytest.mark.parametrize("batching", [[], ["--group-by-length"]])
+def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path, batching):
+    run(tmp_path, "straight", *batching)
+    run(tmp_path, "resumed", "--stop-after", "11", *batching)  # 8 steps an epoch: stops inside the second epoch
     halfway = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)
     assert halfway["step"] == 11
     train.main(["--out", str(tmp_path / "resumed"), "--resume"])
@@ -32,9 +34,30 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path):
     assert a.keys() == b.keys()
     for name in a:
         assert torch.equal(a[name], b[name]), name
-    different = run(tmp_path, "other-seed", "--seed", "1")
+    different = run(tmp_path, "other-seed", "--seed", "1", *batching)
     assert not torch.equal(different.state_dict()["decoder.token_embedding.weight"],
                            a["decoder.token_embedding.weight"])
+
+
+def test_grouping_by_length_uses_each_caption_once_and_cuts_padding():
+    rng = random.Random(0)
+    pairs = [(i, [1] * rng.randint(3, 40)) for i in range(1000)]  # (image row, token ids) of random lengths
+    lengths = torch.tensor([len(ids) for _, ids in pairs])
+    grouped, plain = train.TrainConfig(batch_size=32, group_by_length=True), train.TrainConfig(batch_size=32)
+
+    def padding(batches):  # share of a padded batch that is not caption
+        rows = lengths[batches]  # (steps, B)
+        return 1 - rows.sum().item() / (rows.max(dim=1).values.sum().item() * batches.size(1))
+
+    for epoch in (0, 1):
+        g, r = train.epoch_batches(pairs, grouped, epoch), train.epoch_batches(pairs, plain, epoch)
+        assert g.shape == r.shape == (31, 32)  # 1000 // 32 full batches
+        assert len(set(g.flatten().tolist())) == 31 * 32  # no caption twice in an epoch
+        assert padding(g) < 0.05 and padding(r) > 0.3
+        longest = lengths[g].max(dim=1).values.tolist()
+        assert longest != sorted(longest)  # the batches themselves come in random order
+    assert torch.equal(train.epoch_batches(pairs, grouped, 0), train.epoch_batches(pairs, grouped, 0))
+    assert not torch.equal(train.epoch_batches(pairs, grouped, 0), train.epoch_batches(pairs, grouped, 1))
 
 
 def test_checkpoint_holds_what_generation_needs_and_logs_are_written(tmp_path):
