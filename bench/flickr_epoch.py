@@ -1,0 +1,207 @@
+"""A Flickr30k-sized epoch on cached CLIP features: time and peak memory, word vocabulary against BPE.
+
+    python bench/flickr_epoch.py [--captions ../shared/data/flickr30k-captions.json] [--steps 16]
+
+Captions: the real Flickr30k training split (29,000 images x 5 = 145,000 captions, Karpathy split).
+Features: random, of ViT-B-32's shape (pooled 512, 49 x 768 patch tokens), written once as a feature
+cache in the layout train.py reads (fp16 memory maps, 2.2 GB; --cache). Everything else is train.py's
+`--preset flickr30k`: its model, optimizer, train_step and epoch_batches.
+
+Four runs in one process, in alternating blocks of steps: each tokenizer with random batches (the
+reference) and with batches grouped by caption length (the preset). A step's cost follows the length of
+the batch's longest caption, so the timed batches are picked at evenly spaced quantiles of that length
+among the epoch's batches, and an epoch is steps per epoch x their mean time. Padding is counted over
+the whole epoch. Then, in one child process per tokenizer (a process's peak covers everything it ever
+did): peak memory over the epoch's longest batches and the validation train.py runs after each epoch
+(the loss on the val captions, greedy captions for 500 val images). With random weights no caption ends
+early, so the validation time is an upper bound.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from data.batches import make_pairs  # noqa: E402
+from data.captions import read_captions  # noqa: E402
+from data.features import DONE, FeatureCache  # noqa: E402
+from model.checkpoint import pick_device  # noqa: E402
+from model.clip import load_clip_vit  # noqa: E402
+from train import (PRESETS, CachedFeatureSource, Split, TrainConfig, build_model, build_tokenizer,  # noqa: E402
+                   caption_split, epoch_batches, evaluate_loss, train_step, trainable_parameters)
+
+TOKENIZERS = ("word", "bpe")
+POOLED, PATCHES = 512, (49, 768)  # ViT-B-32
+
+
+def random_feature_cache(folder, names, seed=0):
+    """A FeatureCache of random fp16 features for `names`, written once and reused."""
+    folder = Path(folder)
+    if (folder / "meta.json").exists() and json.loads((folder / "names.json").read_text()) == names:
+        return FeatureCache(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    pooled = np.lib.format.open_memmap(folder / "pooled.npy", "w+", np.float16, (len(names), POOLED))
+    patches = np.lib.format.open_memmap(folder / "patches.npy", "w+", np.float16, (len(names), *PATCHES))
+    for start in tqdm(range(0, len(names), 1000), desc="random features"):
+        rows = slice(start, start + 1000)
+        pooled[rows] = rng.standard_normal(pooled[rows].shape, dtype=np.float32)
+        patches[rows] = rng.standard_normal(patches[rows].shape, dtype=np.float32)
+    pooled.flush()
+    patches.flush()
+    np.save(folder / "status.npy", np.full(len(names), DONE, np.uint8))
+    (folder / "names.json").write_text(json.dumps(names))
+    meta = {"encoder": "random features (bench/flickr_epoch.py)", "pooled_dim": POOLED,
+            "patch_tokens": PATCHES[0], "patch_dim": PATCHES[1]}
+    (folder / "meta.json").write_text(json.dumps(meta))  # written last: marks the cache complete
+    return FeatureCache(folder)
+
+
+class Run:
+    """train.py's flickr30k preset with one tokenizer, on the random feature cache."""
+
+    def __init__(self, tokenizer, grouped, captions, cache, vit, device):
+        self.config = TrainConfig(**dict(PRESETS["flickr30k"], tokenizer=tokenizer, group_by_length=grouped,
+                                         data="bench", images="bench"))
+        self.device = device
+        self.splits = {}
+        for split in ("train", "val"):
+            names = captions.names(split)
+            refs = [captions.captions[n] for n in names]
+            self.splits[split] = Split(np.array([cache.index[n] for n in names]), refs, refs)
+        self.tokenizer = build_tokenizer(self.config, self.splits)
+        self.source = CachedFeatureSource(cache, vit)
+        self.model = build_model(self.config, self.tokenizer, self.source).to(device).train()
+        self.params = trainable_parameters(self.model, "all")
+        self.optimizer = torch.optim.AdamW(self.params, lr=self.config.lr, weight_decay=self.config.weight_decay)
+        max_len = self.config.max_len
+        self.pairs = make_pairs(self.splits["train"].rows, self.splits["train"].targets, self.tokenizer, max_len)
+        self.val_pairs = make_pairs(self.splits["val"].rows, self.splits["val"].targets, self.tokenizer, max_len)
+        self.batches = epoch_batches(self.pairs, self.config, epoch=0)  # (steps per epoch, batch size)
+        lengths = torch.tensor([len(ids) - 1 for _, ids in self.pairs])[self.batches]  # input tokens per caption
+        self.padded = lengths.max(dim=1).values  # (steps,): each batch is as long as its longest caption
+        self.padding = 1 - lengths.sum().item() / (self.padded.sum().item() * self.batches.size(1))
+
+    def quantile_batches(self, count):
+        """`count` batches at evenly spaced quantiles of padded length, shortest first."""
+        by_length = self.padded.argsort(stable=True)
+        return [int(by_length[int((i + 0.5) * len(by_length) / count)]) for i in range(count)]
+
+    def timed_step(self, batch):
+        chunk = [self.pairs[i] for i in self.batches[batch].tolist()]
+        sync(self.device)
+        start = time.perf_counter()
+        loss = train_step(self.model, self.optimizer, self.params, self.source, chunk, self.tokenizer, self.config,
+                          self.device, self.config.lr)
+        loss.item()  # waits for the step to finish, as train.py's progress bar does
+        return time.perf_counter() - start
+
+    def timed_validation(self):
+        sync(self.device)
+        start = time.perf_counter()
+        evaluate_loss(self.model, self.source, self.val_pairs, self.tokenizer, self.device, self.config.batch_size)
+        caption_split(self.model, self.source, self.splits["val"], self.tokenizer, self.device,
+                      self.config.val_images)
+        sync(self.device)
+        return time.perf_counter() - start
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_memory_mib(device):
+    """This process's peak resident memory (VmHWM, which, unlike getrusage, starts afresh in a child),
+    and the GPU's peak allocation if there is a GPU."""
+    status = Path("/proc/self/status").read_text()
+    rss = int(status.split("VmHWM:")[1].split()[0]) / 1024  # kB
+    gpu = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    return rss, gpu
+
+
+def setup(args):
+    captions = read_captions(args.captions)
+    names = sorted(captions.names("train") + captions.names("val"))
+    cache = random_feature_cache(args.cache, names)
+    vit, _ = load_clip_vit("ViT-B-32", pretrained=None)  # random weights; the frozen encoder train.py keeps
+    return captions, cache, vit
+
+
+def child(args, device):
+    """Peak memory over the three longest batches, then including validation, and the validation time,
+    of one tokenizer; printed as JSON."""
+    run = Run(args.child, True, *setup(args), device)
+    for batch in run.padded.argsort(descending=True)[:3].tolist():
+        run.timed_step(batch)
+    train_rss, train_gpu = peak_memory_mib(device)
+    validation = run.timed_validation()
+    rss, gpu = peak_memory_mib(device)
+    print(json.dumps({"train_rss_mib": train_rss, "train_gpu_mib": train_gpu, "rss_mib": rss, "gpu_mib": gpu,
+                      "validation_s": validation}))
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--captions", default=str(ROOT.parent / "shared/data/flickr30k-captions.json"))
+    p.add_argument("--cache", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "flickr_epoch_features"))
+    p.add_argument("--steps", type=int, default=16, help="timed training steps per run")
+    p.add_argument("--block", type=int, default=4, help="steps in a row before switching run")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--child", choices=TOKENIZERS, help=argparse.SUPPRESS)  # see child()
+    args = p.parse_args()
+    if not os.path.exists(args.captions):
+        raise SystemExit(f"{args.captions}: no such caption file; pass --captions (a Karpathy dataset_flickr30k.json)")
+    torch.manual_seed(0)
+    device = pick_device(args.device)
+    if args.child:
+        return child(args, device)
+
+    captions, cache, vit = setup(args)
+    runs = {(name, grouped): Run(name, grouped, captions, cache, vit, device)
+            for name in TOKENIZERS for grouped in (False, True)}
+    picks = {key: run.quantile_batches(args.steps) for key, run in runs.items()}
+    for key, run in runs.items():
+        run.timed_step(picks[key][args.steps // 2])  # warm-up
+    times = {key: [] for key in runs}
+    for start in tqdm(range(0, args.steps, args.block), desc="alternating blocks"):
+        for key, run in runs.items():
+            times[key] += [run.timed_step(b) for b in picks[key][start : start + args.block]]
+
+    measured = {}
+    for name in TOKENIZERS:
+        command = [sys.executable, __file__, "--child", name, "--captions", args.captions, "--cache", args.cache,
+                   "--device", args.device]
+        out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        measured[name] = json.loads(out.strip().splitlines()[-1])
+
+    threads = f"{torch.get_num_threads()} CPU threads" if device.type == "cpu" else torch.cuda.get_device_name(device)
+    first = runs["word", False]
+    print(f"\n{device} ({threads}); {len(first.pairs):,} training captions, batch {first.config.batch_size}, "
+          f"decoder {first.config.layers} x {first.config.width}; mean of {args.steps} timed steps per run")
+    print(f"{'tokenizer':9} {'vocab':>7} {'batches':8} {'padding':>8} {'s/step':>7} {'epoch (h:mm)':>13} "
+          f"{'vs word, random':>16}")
+    reference = statistics.mean(times["word", False])
+    for (name, grouped), run in runs.items():
+        step = statistics.mean(times[name, grouped])
+        epoch = step * len(run.batches)
+        print(f"{name:9} {run.tokenizer.vocab_size:7,} {'grouped' if grouped else 'random':8} {run.padding:8.0%} "
+              f"{step:7.3f} {int(epoch // 3600):10}:{int(epoch % 3600 // 60):02} {step / reference:15.2f}x")
+    print(f"\n{'tokenizer':9} {'validation (s)':>15} {'peak RSS, training (MiB)':>25} {'with validation':>16}"
+          + ("" if device.type == "cpu" else f" {'peak GPU, training (MiB)':>25} {'with validation':>16}"))
+    for name, m in measured.items():
+        gpu = "" if device.type == "cpu" else f" {m['train_gpu_mib']:25,.0f} {m['gpu_mib']:16,.0f}"
+        print(f"{name:9} {m['validation_s']:15.0f} {m['train_rss_mib']:25,.0f} {m['rss_mib']:16,.0f}{gpu}")
+
+if __name__ == "__main__":
+    main()
