@@ -439,13 +439,13 @@ def main(argv=None):
           f"vocabulary {tokenizer.vocab_size:,}, {n_params / 1e6:.2f}M trainable parameters, {device}")
 
     model.train()
-    batches = None  # this epoch's batches, made when an epoch starts (or a resumed run starts inside one)
+    order = None  # this epoch's batches, made when an epoch starts (or a resumed run starts inside one)
     bar = tqdm(total=total_steps, initial=step, desc="train", unit="step")
     while step < total_steps:
         epoch, offset = divmod(step, steps_per_epoch)
-        if offset == 0 or batches is None:
-            batches = epoch_batches(train_pairs, config, epoch)
-        chunk = [train_pairs[i] for i in batches[offset].tolist()]
+        if offset == 0 or order is None:
+            order = epoch_batches(train_pairs, config, epoch)
+        chunk = [train_pairs[i] for i in order[offset].tolist()]
         loss = train_step(model, optimizer, params, source, chunk, tokenizer, config, device,
                           lr_at(step, config, total_steps))
         step += 1

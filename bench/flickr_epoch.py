@@ -203,5 +203,6 @@ def main():
         gpu = "" if device.type == "cpu" else f" {m['train_gpu_mib']:25,.0f} {m['gpu_mib']:16,.0f}"
         print(f"{name:9} {m['validation_s']:15.0f} {m['train_rss_mib']:25,.0f} {m['rss_mib']:16,.0f}{gpu}")
 
+
 if __name__ == "__main__":
     main()
