@@ -167,6 +167,16 @@ def load_shapes(config):
     return splits, PixelSource(torch.cat(pixels).contiguous())
 
 
+def caption_splits(captions, row_of):
+    """train / val / test Splits of a CaptionSet, keeping the images `row_of` maps to an image-source row."""
+    splits = {}
+    for split in ("train", "val", "test"):
+        kept = [n for n in captions.names(split) if n in row_of]
+        refs = [captions.captions[n] for n in kept]
+        splits[split] = Split(np.array([row_of[n] for n in kept], dtype=np.int64), refs, refs)
+    return splits
+
+
 def load_caption_file(config, device):
     captions = read_captions(config.data, seed=config.seed)
     dropped = check_images(captions, config.images, config.skip_missing)
@@ -196,11 +206,7 @@ def load_caption_file(config, device):
         if len(row_of) < len(names):
             print(f"{len(names) - len(row_of)} of {len(names)} images could not be read and were skipped")
         source = PixelSource(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous())
-    splits = {}
-    for split in ("train", "val", "test"):
-        kept = [n for n in captions.names(split) if n in row_of]
-        refs = [captions.captions[n] for n in kept]
-        splits[split] = Split(np.array([row_of[n] for n in kept], dtype=np.int64), refs, refs)
+    splits = caption_splits(captions, row_of)
     if not len(splits["train"].rows):
         raise SystemExit(f"{config.data}: no training images left")
     return splits, source

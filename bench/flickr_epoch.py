@@ -37,8 +37,8 @@ from data.captions import read_captions  # noqa: E402
 from data.features import DONE, FeatureCache  # noqa: E402
 from model.checkpoint import pick_device  # noqa: E402
 from model.clip import load_clip_vit  # noqa: E402
-from train import (PRESETS, CachedFeatureSource, Split, TrainConfig, build_model, build_tokenizer,  # noqa: E402
-                   caption_split, epoch_batches, evaluate_loss, train_step, trainable_parameters)
+from train import (PRESETS, CachedFeatureSource, TrainConfig, build_model, build_tokenizer,  # noqa: E402
+                   caption_split, caption_splits, epoch_batches, evaluate_loss, train_step, trainable_parameters)
 
 TOKENIZERS = ("word", "bpe")
 POOLED, PATCHES = 512, (49, 768)  # ViT-B-32
@@ -74,11 +74,7 @@ class Run:
         self.config = TrainConfig(**dict(PRESETS["flickr30k"], tokenizer=tokenizer, group_by_length=grouped,
                                          data="bench", images="bench"))
         self.device = device
-        self.splits = {}
-        for split in ("train", "val"):
-            names = captions.names(split)
-            refs = [captions.captions[n] for n in names]
-            self.splits[split] = Split(np.array([cache.index[n] for n in names]), refs, refs)
+        self.splits = caption_splits(captions, cache.index)  # the cache holds the train and val images
         self.tokenizer = build_tokenizer(self.config, self.splits)
         self.source = CachedFeatureSource(cache, vit)
         self.model = build_model(self.config, self.tokenizer, self.source).to(device).train()
