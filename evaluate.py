@@ -1,8 +1,10 @@
-"""Score generated captions against references, as the COCO caption evaluation does, without Java.
+"""Score captions against references, as the COCO caption evaluation does, without Java.
 
     python evaluate.py captions.json references.json [--split test] [--json scores.json]
+    python evaluate.py --model runs/flickr30k/model --images flickr30k-images/ dataset_flickr30k.json --split test
 
-captions: the JSON or CSV that generate.py writes (the first caption of each image is scored).
+captions: the JSON or CSV that generate.py writes (the first caption of each image is scored); or, with
+--model and --images, the model captions the split's images itself (greedy unless --beam is given).
 references: any caption file train.py reads (Karpathy or COCO JSON, results.csv, .token, captions.txt).
 Images are matched by file name.
 """
@@ -10,10 +12,14 @@ Images are matched by file name.
 import argparse
 import csv
 import json
+import sys
 from pathlib import Path
 
+from captioner.api import Captioner
 from data.captions import CaptionFileError, read_captions
+from data.images import load_images
 from metrics import score_captions
+from model.checkpoint import CheckpointError, pick_device
 
 
 def read_generated(path):
@@ -30,22 +36,45 @@ def read_generated(path):
         raise SystemExit(f"error: {path}: not the JSON generate.py writes ([{{\"image\", \"captions\"}}, ...])") from None
 
 
+def caption_with_model(args, names):
+    """{image file name: caption} of the named images in --images, captioned by --model."""
+    try:
+        captioner = Captioner.from_pretrained(args.model, pick_device(args.device))
+    except CheckpointError as e:
+        raise SystemExit(f"error: {e}") from None
+    loaded, errors = load_images([Path(args.images) / name for name in names])
+    for error in errors:
+        print(f"skipped {error}", file=sys.stderr)
+    captions = captioner.caption([picture for _, picture in loaded], beam=args.beam)
+    return {path.name: caption for (path, _), caption in zip(loaded, captions)}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("captions")
-    p.add_argument("references")
+    p.add_argument("files", nargs="+", metavar="[CAPTIONS] REFERENCES",
+                   help="generated captions (unless --model) and the reference caption file")
     p.add_argument("--split", help="score only images of this split of the reference file")
     p.add_argument("--json", help="also write the scores to this file")
+    p.add_argument("--model", help="caption the images with this model folder (or checkpoint.pt) instead")
+    p.add_argument("--images", help="with --model: the folder of the images the references name")
+    p.add_argument("--beam", type=int, default=1, help="with --model: beam size (default: 1, greedy)")
+    p.add_argument("--device", default="auto", help='with --model: "auto", "cpu", "cuda", ... (default: auto)')
     args = p.parse_args(argv)
-    generated = read_generated(args.captions)
+    if len(args.files) != (1 if args.model else 2):
+        p.error("give CAPTIONS REFERENCES, or --model MODEL --images FOLDER REFERENCES")
+    if args.model and not args.images:
+        p.error("--model needs --images FOLDER")
+    generated = read_generated(args.files[0]) if not args.model else None
     try:
-        references = read_captions(args.references)
+        references = read_captions(args.files[-1])
     except CaptionFileError as e:
         raise SystemExit(f"error: {e}") from None
+    if args.model:
+        generated = caption_with_model(args, references.names(args.split))
     names = [n for n in sorted(generated) if args.split is None or references.splits.get(n) == args.split]
     unknown = [n for n in names if n not in references.captions]
     if unknown:
-        raise SystemExit(f"error: {len(unknown)} captioned images have no references in {args.references} "
+        raise SystemExit(f"error: {len(unknown)} captioned images have no references in {args.files[-1]} "
                          f"(first: {', '.join(unknown[:5])})")
     if not names:
         raise SystemExit("error: no captioned image to score")

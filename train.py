@@ -4,6 +4,9 @@
     python train.py --preset flickr30k --data dataset_flickr30k.json --images flickr30k-images/
     python train.py --out runs/shapes --resume   # continue exactly where a run stopped
 
+Writes OUT/checkpoint.pt (for --resume), OUT/model/ (config.json + model.safetensors: the model to
+share, caption with and serve), metrics.jsonl and loss_curve.png.
+
 Reads top to bottom: configuration, data, model, evaluation, checkpoints, the training loop.
 """
 
@@ -13,107 +16,59 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
-from data.batches import make_batch, make_pairs
+from captioner.api import Captioner
+from captioner.flags import add_dataclass_flags, shown
+from captioner.train_config import DERIVED, PRESETS, TrainConfig, config_with
+from data.batches import epoch_batches, make_pairs
 from data.captions import check_images, read_captions
-from data.images import CLIP_MEAN, CLIP_STD, ImageError, load_image_array, normalize
-from data.shapes import make_split
-from data.tokenizer import BPETokenizer, WordTokenizer, tokenizer_from_dict
+from data.images import CLIP_MEAN, CLIP_STD
+from data.sources import (CachedFeatureSource, batches_by_length, caption_splits, get_batch, load_image_rows,
+                          load_shapes)
+from data.tokenizer import build_tokenizer, tokenizer_from_dict
 from metrics import ptb_tokenize, score_captions
-from model.captioner import Captioner, CaptionerConfig
-from model.checkpoint import load_checkpoint, pick_device, save_checkpoint
+from model.caption_model import build_caption_model
+from model.checkpoint import CheckpointError, load_checkpoint, pick_device, save_checkpoint
 from model.decoder import DecoderConfig
-from model.sampling import generate
+from model.training import evaluate_loss, train_step
 from model.vit import ViTConfig
 
 # ----------------------------------------------------------------------------------------------
-# Configuration: one dataclass, named presets, command-line flags built from the fields.
+# Configuration: TrainConfig (captioner/train_config.py) and its presets; one flag per field.
 
 
-@dataclass
-class TrainConfig:
-    # data
-    data: str = "shapes"  # "shapes" (built in, generated from the seed) or a caption file
-    images: str = ""  # images folder, for a caption file
-    skip_missing: bool = False  # drop captioned images the folder lacks, instead of stopping
-    shapes_train: int = 20000  # built-in dataset: images per split
-    shapes_val: int = 500
-    shapes_test: int = 1000
-    train_on_all_references: bool = False  # shapes: also train on the second word order (slower to learn)
-    # encoder
-    encoder: str = "scratch"  # "scratch": our ViT trained with the decoder; "clip": frozen OpenCLIP, cached features
-    clip_model: str = "ViT-B-32"  # OpenCLIP architecture, for encoder "clip"
-    clip_pretrained: str = "openai"  # OpenCLIP tag, local checkpoint file, or "none" for random weights
-    feature_cache: str = "cache"  # folder of cached CLIP features
-    image_size: int = 32  # scratch ViT: images are squashed to image_size x image_size
-    patch_size: int = 8
-    vit_width: int = 128
-    vit_layers: int = 3
-    vit_heads: int = 4
-    # tokenizer
-    tokenizer: str = "word"  # "word" (vocabulary of the training captions) or "bpe" (OpenCLIP's, 49,408 ids)
-    min_count: int = 1  # word tokenizer: rarer words become <unk>
-    # decoder
-    width: int = 128
-    layers: int = 2
-    heads: int = 4
-    prefix_len: int = 4
-    prefix_mapper: str = "mlp"  # "mlp" or "transformer"
-    cross_attention: bool = True  # False: pure ClipCap
-    max_len: int = 16  # caption tokens, start and end included
-    dropout: float = 0.0
-    fused: bool = True  # F.scaled_dot_product_attention in training
-    # optimisation
-    train_only: str = "all"  # "all", "cross_attention" (cross-attention layers only) or "prefix" (prefix mapper only)
-    epochs: int = 5
-    group_by_length: bool = False  # batches of captions of similar length: far less padding (flickr30k preset)
-    batch_size: int = 128
-    lr: float = 3e-3
-    weight_decay: float = 0.01
-    warmup_steps: int = 200
-    grad_clip: float = 1.0
-    label_smoothing: float = 0.0
-    amp: bool = True  # bfloat16 autocast, on CUDA only
-    seed: int = 0
-    device: str = "auto"  # "auto" (CUDA if present), "cpu", "cuda", "cuda:1", ...
-    # evaluation and checkpoints
-    val_images: int = 500  # images captioned for validation BLEU each epoch
-    out: str = "runs/shapes"  # checkpoints, metrics.jsonl and loss_curve.png go here
-    checkpoint_every: int = 200  # steps; a checkpoint is also written at the end of every epoch
-    resume: bool = False  # continue from out/checkpoint.pt
-    stop_after: int = 0  # stop (with a checkpoint) after this many steps; 0 = run to the end. For tests.
+FLAG_GROUPS = [("training", "", TrainConfig), ("the scratch ViT (--encoder scratch)", "vit", ViTConfig),
+               ("the decoder", "decoder", DecoderConfig)]
 
 
-PRESETS = {
-    "tiny": {},  # the defaults above: built-in shapes, CPU, minutes
-    "flickr30k": dict(
-        data="", encoder="clip", tokenizer="word", min_count=5, width=512, layers=6, heads=8, prefix_len=10,
-        max_len=40, dropout=0.1, epochs=10, group_by_length=True, batch_size=64, lr=3e-4, warmup_steps=1000,
-        label_smoothing=0.1, checkpoint_every=1000, out="runs/flickr30k",
-    ),
-}
+def preset_values(preset, part):
+    """A preset's values for one part of TrainConfig: "vit", "decoder", or "" for its own fields."""
+    values = PRESETS[preset]
+    return values.get(part, {}) if part else {k: v for k, v in values.items() if k not in DERIVED[""]}
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", choices=list(PRESETS), default="tiny")
-    for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
-        else:
-            parser.add_argument(flag, type=f.type, default=None)
+    parser.add_argument("--preset", choices=list(PRESETS), default="tiny",
+                        help="starting values, which any other flag changes (default: tiny)")
+    fields = {}  # argparse dest -> (part, field name)
+    for title, part, cls in FLAG_GROUPS:
+        others = [p for p in PRESETS if p != "tiny"]
+        notes = {name: f"; {p}: {shown(value)}" for p in others for name, value in preset_values(p, part).items()}
+        prefix = part + "-" if part else ""
+        added = add_dataclass_flags(parser, cls, prefix, DERIVED.get(part, ()), preset_values("tiny", part), notes, title)
+        fields.update({dest: (part, name) for dest, name in added.items()})
     args = parser.parse_args(argv)
-    values = dict(PRESETS[args.preset])
-    values.update({k: v for k, v in vars(args).items() if v is not None and k != "preset"})
-    config = TrainConfig(**values)
+    given = {"vit": {}, "decoder": {}}
+    for dest, (part, name) in fields.items():
+        if getattr(args, dest) is not None:
+            (given[part] if part else given)[name] = getattr(args, dest)
+    config = config_with(args.preset, **given)
     if config.data != "shapes" and not (config.data and config.images):
         parser.error("a caption file needs --data CAPTIONS and --images FOLDER")
     if config.encoder == "clip" and config.data == "shapes":
@@ -125,121 +80,42 @@ def parse_args(argv=None):
 # Data: each split is a list of images (a row in the image source) with their reference captions.
 
 
-@dataclass
-class Split:
-    rows: np.ndarray  # row of each image in the image source
-    references: list  # reference captions per image (what a generated caption is scored against)
-    targets: list  # captions per image that training teaches
-
-
-class PixelSource:
-    """Images held in memory as uint8, encoded by the trainable ViT on every step."""
-
-    def __init__(self, pixels):
-        self.pixels = pixels  # (n, 3, S, S) uint8
-
-    def features(self, model, rows, device):
-        return model.encode(normalize(self.pixels[torch.as_tensor(rows)].to(device)))
-
-
-class CachedFeatureSource:
-    """Frozen CLIP features read from the memory-mapped cache; no image is decoded again."""
-
-    def __init__(self, cache, vit):
-        self.cache = cache
-        self.vit = vit  # the frozen encoder the features came from, kept in the checkpoint
-
-    def features(self, model, rows, device):
-        return self.cache.get(rows, device)
-
-
-def load_shapes(config):
-    splits, pixels, start = {}, [], 0
-    for name, count in [("train", config.shapes_train), ("val", config.shapes_val), ("test", config.shapes_test)]:
-        scenes = make_split(name, count, config.image_size, config.seed)
-        pixels.append(torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2))  # (n, 3, S, S)
-        references = [s.captions for s in scenes]
-        # The first reference names the objects in reading order (left or top first). Teaching only that
-        # order lets the model learn in minutes; both orders are accepted when scoring.
-        targets = references if config.train_on_all_references else [r[:1] for r in references]
-        splits[name] = Split(np.arange(start, start + count), references, targets)
-        start += count
-    return splits, PixelSource(torch.cat(pixels).contiguous())
-
-
-def caption_splits(captions, row_of):
-    """train / val / test Splits of a CaptionSet, keeping the images `row_of` maps to an image-source row."""
-    splits = {}
-    for split in ("train", "val", "test"):
-        kept = [n for n in captions.names(split) if n in row_of]
-        refs = [captions.captions[n] for n in kept]
-        splits[split] = Split(np.array([row_of[n] for n in kept], dtype=np.int64), refs, refs)
-    return splits
-
-
-def load_caption_file(config, device):
+def load_data(config, device):
+    """(splits, source, frozen_vit): the built-in shapes or a caption file; frozen_vit is the CLIP encoder
+    the cached features came from (kept in the checkpoint), or None for a scratch ViT."""
+    if config.data == "shapes":
+        counts = {"train": config.shapes_train, "val": config.shapes_val, "test": config.shapes_test}
+        splits, source = load_shapes(counts, config.vit.image_size, config.seed, config.train_on_all_references)
+        return splits, source, None
     captions = read_captions(config.data, seed=config.seed)
     dropped = check_images(captions, config.images, config.skip_missing)
     if dropped:
         print(f"skipping {dropped} captioned images missing from {config.images}")
     names = sorted(captions.captions)
+    frozen_vit = None
     if config.encoder == "clip":
         from data.features import extract_features
         from model.clip import load_clip_vit
 
         pretrained = None if config.clip_pretrained == "none" else config.clip_pretrained
-        vit, preprocess = load_clip_vit(config.clip_model, pretrained)
+        frozen_vit, preprocess = load_clip_vit(config.clip_model, pretrained)
         # On a CPU the encoder's threads already use every core: loader workers only compete with them
         # (bench/feature_extraction.py: 2 workers ran at 0.88x of none on 2 cores). On a GPU they feed it.
         workers = 0 if device.type == "cpu" else min(8, os.cpu_count() or 1)
-        cache = extract_features(vit.to(device), preprocess, config.clip_model, config.images, names,
+        cache = extract_features(frozen_vit.to(device), preprocess, config.clip_model, config.images, names,
                                  config.feature_cache, num_workers=workers, device=device)
-        source, row_of = CachedFeatureSource(cache, vit.cpu()), {n: cache.index[n] for n in cache.usable()}
+        frozen_vit.cpu()
+        source, row_of = CachedFeatureSource(cache), {n: cache.index[n] for n in cache.usable()}
     else:
-        arrays, row_of = [], {}
-        for name in tqdm(names, desc="images", unit="img"):
-            try:
-                arrays.append(load_image_array(Path(config.images) / name, config.image_size))
-                row_of[name] = len(arrays) - 1
-            except ImageError as e:
-                tqdm.write(f"skipped {e}")
-        if len(row_of) < len(names):
-            print(f"{len(names) - len(row_of)} of {len(names)} images could not be read and were skipped")
-        source = PixelSource(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous())
+        source, row_of = load_image_rows(config.images, names, config.vit.image_size)
     splits = caption_splits(captions, row_of)
     if not len(splits["train"].rows):
         raise SystemExit(f"{config.data}: no training images left")
-    return splits, source
-
-
-def build_tokenizer(config, splits):
-    if config.tokenizer == "bpe":
-        return BPETokenizer()
-    return WordTokenizer.build([c for caps in splits["train"].targets for c in caps], config.min_count)
+    return splits, source, frozen_vit
 
 
 # ----------------------------------------------------------------------------------------------
 # Model: a scratch ViT trained with the decoder, or a frozen CLIP ViT whose features are cached.
-
-
-def build_model(config, tokenizer, source):
-    if config.encoder == "clip":
-        vit = source.vit.config
-        clip_dim, patch_dim = vit.output_dim, vit.width
-    else:
-        vit = ViTConfig(config.image_size, config.patch_size, config.vit_width, config.vit_layers, config.vit_heads,
-                        output_dim=config.vit_width, fused=config.fused, sincos_init=True)
-        clip_dim = patch_dim = config.vit_width
-    decoder = DecoderConfig(
-        vocab_size=tokenizer.vocab_size, max_len=config.max_len, width=config.width, layers=config.layers,
-        heads=config.heads, prefix_len=config.prefix_len, clip_dim=clip_dim, patch_dim=patch_dim,
-        prefix_mapper=config.prefix_mapper, cross_attention=config.cross_attention, dropout=config.dropout,
-        fused=config.fused,
-    )
-    model = Captioner(CaptionerConfig(vit, decoder, frozen_encoder=config.encoder == "clip"))
-    if config.encoder == "clip":
-        model.encoder.load_state_dict(source.vit.state_dict())
-    return model
 
 
 def trainable_parameters(model, train_only):
@@ -268,47 +144,7 @@ def lr_at(step, config, total_steps):
 
 
 # ----------------------------------------------------------------------------------------------
-# Evaluation
-
-
-def batches(pairs, size):
-    for i in range(0, len(pairs), size):
-        yield pairs[i : i + size]
-
-
-@torch.no_grad()
-def evaluate_loss(model, source, pairs, tokenizer, device, batch_size=64):
-    """Teacher-forced loss and next-token accuracy over (image, caption) pairs.
-
-    The pairs go in order of length, so batches carry almost no padding; the sums do not depend on order.
-    """
-    model.eval()
-    loss_sum, correct, count = 0.0, 0, 0
-    for chunk in batches(sorted(pairs, key=lambda pair: len(pair[1])), batch_size):
-        tokens, targets, lengths = make_batch([ids for _, ids in chunk], tokenizer.pad_id)
-        clip_embed, patches = source.features(model, [row for row, _ in chunk], device)
-        logits = model(tokens.to(device), clip_embed, patches, lengths.to(device)).logits.float()
-        targets = targets.to(device)
-        loss_sum += F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="sum").item()
-        real = targets != -100
-        correct += (logits.argmax(-1)[real] == targets[real]).sum().item()
-        count += real.sum().item()
-    model.train()
-    return loss_sum / count, correct / count
-
-
-@torch.no_grad()
-def caption_split(model, source, split, tokenizer, device, limit=None, batch_size=256):
-    """Greedy captions for the first `limit` images of a split."""
-    model.eval()
-    rows = split.rows[:limit]
-    captions = []
-    for i in range(0, len(rows), batch_size):
-        clip_embed, patches = source.features(model, rows[i : i + batch_size], device)
-        out = generate(model.decoder, clip_embed, patches, tokenizer.bos_id, tokenizer.eos_id)
-        captions += [tokenizer.decode(row.tolist()) for row in out]
-    model.train()
-    return captions
+# Evaluation: captions through the same Captioner that generate.py and the Python API use.
 
 
 def caption_scores(captions, references):
@@ -318,9 +154,23 @@ def caption_scores(captions, references):
     return float(exact), score_captions(captions, references)
 
 
+def validate(captioner, source, val, val_pairs, config, device):
+    """The epoch-end record: teacher-forced loss and accuracy, then greedy captions scored."""
+    pad = captioner.tokenizer.pad_id
+    val_loss, token_acc = evaluate_loss(captioner.model, batches_by_length(val_pairs, source, pad, device,
+                                                                           config.batch_size))
+    captions = captioner.caption_source(source, val.rows[: config.val_images])
+    exact, scores = caption_scores(captions, val.references[: config.val_images])
+    record = dict(val_loss=round(val_loss, 5), val_token_accuracy=round(token_acc, 5), val_exact=round(exact, 5),
+                  **{f"val_{k}": round(v, 5) for k, v in scores.items()})
+    summary = (f"val loss {val_loss:.4f}, token accuracy {token_acc:.3f}, BLEU-4 {scores['BLEU-4']:.3f}, "
+               f"CIDEr-D {scores['CIDEr-D']:.3f}, exact captions {exact:.1%}")
+    return record, summary
+
+
 # ----------------------------------------------------------------------------------------------
-# Checkpoints (written atomically by model/checkpoint.py): the unwrapped model's state_dict, optimizer,
-# configs as dicts, step, tokenizer, RNG.
+# Checkpoints (written atomically by model/checkpoint.py): only tensors and plain values, so that
+# --resume reads them with torch.load(weights_only=True). The model folder is written at the end.
 
 
 def checkpoint_state(model, optimizer, config, tokenizer, step, preprocess):
@@ -362,45 +212,6 @@ def write_loss_curve(log_path, png_path):
 # The training loop
 
 
-def epoch_batches(pairs, config, epoch):
-    """The batches of one epoch, (steps, batch_size) indices into `pairs`; the last partial batch is dropped.
-
-    Each epoch has its own seeded order, so a resumed run sees exactly the batches an uninterrupted one
-    would. With group_by_length, captions are sorted by length within pools of 50 batches and the batches
-    are then shuffled: each batch holds captions of similar length, so little of it is padding (on
-    Flickr30k, random batches are 57% padding; bench/flickr_epoch.py measures what that costs).
-    """
-    generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-    B = config.batch_size
-    order = torch.randperm(len(pairs), generator=generator)[: len(pairs) // B * B]
-    if not config.group_by_length:
-        return order.view(-1, B)
-    lengths = torch.tensor([len(pairs[i][1]) for i in order.tolist()])
-    pool = 50 * B
-    order = torch.cat([order[i : i + pool][lengths[i : i + pool].argsort(stable=True)]
-                       for i in range(0, len(order), pool)])
-    batches = order.view(-1, B)  # (steps, B), similar lengths in each row
-    return batches[torch.randperm(len(batches), generator=generator)]
-
-
-def train_step(model, optimizer, params, source, chunk, tokenizer, config, device, lr):
-    """One optimisation step on a batch of (row, caption ids) pairs; returns the loss."""
-    tokens, targets, lengths = make_batch([ids for _, ids in chunk], tokenizer.pad_id)
-    tokens, targets, lengths = tokens.to(device), targets.to(device), lengths.to(device)
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp and device.type == "cuda"):
-        clip_embed, patches = source.features(model, [row for row, _ in chunk], device)
-        logits = model(tokens, clip_embed, patches, lengths).logits
-        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
-                               label_smoothing=config.label_smoothing)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-    optimizer.step()
-    return loss
-
-
 def main(argv=None):
     config = parse_args(argv)
     started = time.time()
@@ -408,25 +219,31 @@ def main(argv=None):
     checkpoint_path, log_path = out / "checkpoint.pt", out / "metrics.jsonl"
     resumed = None
     if config.resume:
-        if not checkpoint_path.exists():
-            raise SystemExit(f"{checkpoint_path}: no checkpoint to resume from")
-        resumed = load_checkpoint(checkpoint_path)
-        saved = dict(resumed["train_config"], resume=True, stop_after=config.stop_after)
-        config = TrainConfig(**saved)  # the run continues with the settings it started with
+        try:
+            resumed = load_checkpoint(checkpoint_path)
+            saved = dict(resumed["train_config"], resume=True, stop_after=config.stop_after)
+            config = TrainConfig.from_dict(saved, f"{checkpoint_path}, train_config")  # the settings it started with
+        except (CheckpointError, ValueError, KeyError) as e:
+            raise SystemExit(f"error: {e}" if not isinstance(e, KeyError) else
+                             f"error: {checkpoint_path}: not a training checkpoint (no {e})") from None
     torch.manual_seed(config.seed)
     device = pick_device(config.device)
     out.mkdir(parents=True, exist_ok=True)
 
-    splits, source = load_shapes(config) if config.data == "shapes" else load_caption_file(config, device)
-    tokenizer = tokenizer_from_dict(resumed["tokenizer"]) if resumed else build_tokenizer(config, splits)
-    model = build_model(config, tokenizer, source).to(device)
+    splits, source, frozen_vit = load_data(config, device)
+    train_captions = [c for caps in splits["train"].targets for c in caps]
+    tokenizer = (tokenizer_from_dict(resumed["tokenizer"]) if resumed
+                 else build_tokenizer(config.tokenizer, train_captions, config.min_count))
+    model = build_caption_model(config.vit, config.decoder, tokenizer.vocab_size, frozen_vit).to(device)
     params = trainable_parameters(model, config.train_only)
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    preprocess = ({"kind": "squash", "image_size": config.image_size, "mean": CLIP_MEAN, "std": CLIP_STD}
-                  if config.encoder == "scratch" else dict(source.vit.preprocess_cfg, kind="openclip"))
+    preprocess = ({"kind": "squash", "image_size": config.vit.image_size, "mean": CLIP_MEAN, "std": CLIP_STD}
+                  if frozen_vit is None else dict(frozen_vit.preprocess_cfg, kind="openclip"))
+    captioner = Captioner(model, tokenizer, preprocess)
 
-    train_pairs = make_pairs(splits["train"].rows, splits["train"].targets, tokenizer, config.max_len)
-    val_pairs = make_pairs(splits["val"].rows, splits["val"].targets, tokenizer, config.max_len)  # what is taught
+    max_len = config.decoder.max_len
+    train_pairs = make_pairs(splits["train"].rows, splits["train"].targets, tokenizer, max_len)
+    val_pairs = make_pairs(splits["val"].rows, splits["val"].targets, tokenizer, max_len)  # what is taught
     steps_per_epoch = len(train_pairs) // config.batch_size
     total_steps = steps_per_epoch * config.epochs
     step = 0
@@ -450,10 +267,10 @@ def main(argv=None):
     while step < total_steps:
         epoch, offset = divmod(step, steps_per_epoch)
         if offset == 0 or order is None:
-            order = epoch_batches(train_pairs, config, epoch)
-        chunk = [train_pairs[i] for i in order[offset].tolist()]
-        loss = train_step(model, optimizer, params, source, chunk, tokenizer, config, device,
-                          lr_at(step, config, total_steps))
+            order = epoch_batches(train_pairs, config.batch_size, config.seed, epoch, config.group_by_length)
+        batch = get_batch([train_pairs[i] for i in order[offset].tolist()], source, tokenizer.pad_id, device)
+        loss = train_step(model, optimizer, params, batch, lr_at(step, config, total_steps), config.grad_clip,
+                          config.label_smoothing, config.amp)
         step += 1
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}", epoch=epoch + 1)
@@ -461,15 +278,9 @@ def main(argv=None):
                   "lr": optimizer.param_groups[0]["lr"]}
         epoch_end = step % steps_per_epoch == 0
         if epoch_end:
-            val_loss, token_acc = evaluate_loss(model, source, val_pairs, tokenizer, device, config.batch_size)
-            val = splits["val"]
-            captions = caption_split(model, source, val, tokenizer, device, config.val_images)
-            exact, scores = caption_scores(captions, val.references[: config.val_images])
-            record.update(val_loss=round(val_loss, 5), val_token_accuracy=round(token_acc, 5),
-                          val_exact=round(exact, 5), **{f"val_{k}": round(v, 5) for k, v in scores.items()})
-            tqdm.write(f"epoch {epoch + 1}: val loss {val_loss:.4f}, token accuracy {token_acc:.3f}, "
-                       f"BLEU-4 {scores['BLEU-4']:.3f}, CIDEr-D {scores['CIDEr-D']:.3f}, "
-                       f"exact captions {exact:.1%}  ({time.time() - started:.0f}s)")
+            scores, summary = validate(captioner, source, splits["val"], val_pairs, config, device)
+            record.update(scores)
+            tqdm.write(f"epoch {epoch + 1}: {summary}  ({time.time() - started:.0f}s)")
         with open(log_path, "a") as f:
             f.write(json.dumps(record) + "\n")
         stopping = config.stop_after and step >= config.stop_after
@@ -481,9 +292,10 @@ def main(argv=None):
             return model
     bar.close()
     write_loss_curve(log_path, out / "loss_curve.png")
+    captioner.save_pretrained(out / "model")
 
     test = splits["test"] if len(splits["test"].rows) else splits["val"]
-    captions = caption_split(model, source, test, tokenizer, device)
+    captions = captioner.caption_source(source, test.rows)
     exact, scores = caption_scores(captions, test.references)
     name = "test" if test is splits["test"] else "val"
     print(f"\n{name} split, {len(captions)} images: exact captions {exact:.1%}, "
@@ -494,8 +306,8 @@ def main(argv=None):
                "seconds": round(time.time() - started, 1)}
     with open(log_path, "a") as f:
         f.write(json.dumps(summary) + "\n")
-    print(f"checkpoint: {checkpoint_path}  metrics: {log_path}  loss curve: {out / 'loss_curve.png'}  "
-          f"({time.time() - started:.0f}s)")
+    print(f"model: {out / 'model'}  checkpoint: {checkpoint_path}  metrics: {log_path}  "
+          f"loss curve: {out / 'loss_curve.png'}  ({time.time() - started:.0f}s)")
     return model
 
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from model.attention import causal_mask  # noqa: E402
+from model.attention import prefix_lm_mask  # noqa: E402
 from model.decoder import CaptionDecoder, DecoderConfig  # noqa: E402
 
 
@@ -35,8 +35,7 @@ class TorchBlocksDecoder(CaptionDecoder):
         P, T = self.config.prefix_len, tokens.size(1)
         x = self.token_embedding(tokens) + self.positional_embedding[:T]
         x = torch.cat([self.prefix(clip_embed), x], dim=1)  # (B, L, C)
-        mask = causal_mask(P + T)
-        mask[:, :P] = True
+        mask = prefix_lm_mask(P, T)
         x = self.blocks(x, self.patch_proj(patches), tgt_mask=~mask)  # torch: True = blocked
         return self.ln_f(x[:, P:]) @ self.token_embedding.weight.T
 

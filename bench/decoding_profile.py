@@ -9,7 +9,7 @@ alternating runs, median per step:
   self-attention q/k/v and output, cross-attention q and output, the MLP's two layers, the tied head).
   Each step has to read all of these weights from memory once, so this is the floor for any eager
   implementation; bytes / time is the memory bandwidth the machine gives.
-- ours: CaptionDecoder with a KV cache (what generate() runs), fused attention.
+- ours: CaptionDecoder with a KV cache (what sample() runs), fused attention.
 - ours at width 32: the same 6 layers and the same operations with almost no arithmetic, i.e. what
   launching those operations costs on its own.
 

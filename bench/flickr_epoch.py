@@ -32,13 +32,18 @@ from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from data.batches import make_pairs  # noqa: E402
+from captioner.api import Captioner  # noqa: E402
+from captioner.train_config import config_with  # noqa: E402
+from data.batches import epoch_batches, make_pairs  # noqa: E402
 from data.captions import read_captions  # noqa: E402
-from data.features import DONE, FeatureCache  # noqa: E402
+from data.features import DONE, FeatureCache, create_feature_cache  # noqa: E402
+from data.paths import SHARED_DATA  # noqa: E402
+from data.sources import CachedFeatureSource, batches_by_length, caption_splits, get_batch  # noqa: E402
+from data.tokenizer import build_tokenizer  # noqa: E402
+from model.caption_model import build_caption_model  # noqa: E402
 from model.checkpoint import pick_device  # noqa: E402
 from model.clip import load_clip_vit  # noqa: E402
-from train import (PRESETS, CachedFeatureSource, TrainConfig, build_model, build_tokenizer,  # noqa: E402
-                   caption_split, caption_splits, epoch_batches, evaluate_loss, train_step, trainable_parameters)
+from model.training import evaluate_loss, train_step  # noqa: E402
 
 TOKENIZERS = ("word", "bpe")
 POOLED, PATCHES = 512, (49, 768)  # ViT-B-32
@@ -49,10 +54,10 @@ def random_feature_cache(folder, names, seed=0):
     folder = Path(folder)
     if (folder / "meta.json").exists() and json.loads((folder / "names.json").read_text()) == names:
         return FeatureCache(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    create_feature_cache(folder, names, POOLED, *PATCHES, {"encoder": "random features (bench/flickr_epoch.py)"})
     rng = np.random.default_rng(seed)
-    pooled = np.lib.format.open_memmap(folder / "pooled.npy", "w+", np.float16, (len(names), POOLED))
-    patches = np.lib.format.open_memmap(folder / "patches.npy", "w+", np.float16, (len(names), *PATCHES))
+    pooled = np.load(folder / "pooled.npy", mmap_mode="r+")
+    patches = np.load(folder / "patches.npy", mmap_mode="r+")
     for start in tqdm(range(0, len(names), 1000), desc="random features"):
         rows = slice(start, start + 1000)
         pooled[rows] = rng.standard_normal(pooled[rows].shape, dtype=np.float32)
@@ -60,10 +65,6 @@ def random_feature_cache(folder, names, seed=0):
     pooled.flush()
     patches.flush()
     np.save(folder / "status.npy", np.full(len(names), DONE, np.uint8))
-    (folder / "names.json").write_text(json.dumps(names))
-    meta = {"encoder": "random features (bench/flickr_epoch.py)", "pooled_dim": POOLED,
-            "patch_tokens": PATCHES[0], "patch_dim": PATCHES[1]}
-    (folder / "meta.json").write_text(json.dumps(meta))  # written last: marks the cache complete
     return FeatureCache(folder)
 
 
@@ -71,19 +72,23 @@ class Run:
     """train.py's flickr30k preset with one tokenizer, on the random feature cache."""
 
     def __init__(self, tokenizer, grouped, captions, cache, vit, device):
-        self.config = TrainConfig(**dict(PRESETS["flickr30k"], tokenizer=tokenizer, group_by_length=grouped,
-                                         data="bench", images="bench"))
+        self.config = config_with("flickr30k", tokenizer=tokenizer, group_by_length=grouped, data="bench",
+                                  images="bench")
         self.device = device
         self.splits = caption_splits(captions, cache.index)  # the cache holds the train and val images
-        self.tokenizer = build_tokenizer(self.config, self.splits)
-        self.source = CachedFeatureSource(cache, vit)
-        self.model = build_model(self.config, self.tokenizer, self.source).to(device).train()
-        self.params = trainable_parameters(self.model, "all")
+        train_captions = [c for caps in self.splits["train"].targets for c in caps]
+        self.tokenizer = build_tokenizer(tokenizer, train_captions, self.config.min_count)
+        self.source = CachedFeatureSource(cache)
+        self.model = build_caption_model(self.config.vit, self.config.decoder, self.tokenizer.vocab_size, vit)
+        self.model = self.model.to(device).train()
+        self.params = [p for p in self.model.parameters() if p.requires_grad]  # train.py's --train-only all
         self.optimizer = torch.optim.AdamW(self.params, lr=self.config.lr, weight_decay=self.config.weight_decay)
-        max_len = self.config.max_len
+        self.captioner = Captioner(self.model, self.tokenizer, dict(vit.preprocess_cfg, kind="openclip"))
+        max_len = self.config.decoder.max_len
         self.pairs = make_pairs(self.splits["train"].rows, self.splits["train"].targets, self.tokenizer, max_len)
         self.val_pairs = make_pairs(self.splits["val"].rows, self.splits["val"].targets, self.tokenizer, max_len)
-        self.batches = epoch_batches(self.pairs, self.config, epoch=0)  # (steps per epoch, batch size)
+        c = self.config
+        self.batches = epoch_batches(self.pairs, c.batch_size, c.seed, 0, c.group_by_length)  # (steps, batch size)
         lengths = torch.tensor([len(ids) - 1 for _, ids in self.pairs])[self.batches]  # input tokens per caption
         self.padded = lengths.max(dim=1).values  # (steps,): each batch is as long as its longest caption
         self.padding = 1 - lengths.sum().item() / (self.padded.sum().item() * self.batches.size(1))
@@ -94,20 +99,21 @@ class Run:
         return [int(by_length[int((i + 0.5) * len(by_length) / count)]) for i in range(count)]
 
     def timed_step(self, batch):
-        chunk = [self.pairs[i] for i in self.batches[batch].tolist()]
+        pairs = [self.pairs[i] for i in self.batches[batch].tolist()]
+        c = self.config
         sync(self.device)
         start = time.perf_counter()
-        loss = train_step(self.model, self.optimizer, self.params, self.source, chunk, self.tokenizer, self.config,
-                          self.device, self.config.lr)
+        batch = get_batch(pairs, self.source, self.tokenizer.pad_id, self.device)
+        loss = train_step(self.model, self.optimizer, self.params, batch, c.lr, c.grad_clip, c.label_smoothing, c.amp)
         loss.item()  # waits for the step to finish, as train.py's progress bar does
         return time.perf_counter() - start
 
     def timed_validation(self):
         sync(self.device)
         start = time.perf_counter()
-        evaluate_loss(self.model, self.source, self.val_pairs, self.tokenizer, self.device, self.config.batch_size)
-        caption_split(self.model, self.source, self.splits["val"], self.tokenizer, self.device,
-                      self.config.val_images)
+        evaluate_loss(self.model, batches_by_length(self.val_pairs, self.source, self.tokenizer.pad_id, self.device,
+                                                    self.config.batch_size))
+        self.captioner.caption_source(self.source, self.splits["val"].rows[: self.config.val_images])
         sync(self.device)
         return time.perf_counter() - start
 
@@ -149,7 +155,7 @@ def child(args, device):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--captions", default=str(ROOT.parent / "shared/data/flickr30k-captions.json"))
+    p.add_argument("--captions", default=str(SHARED_DATA / "flickr30k-captions.json"))
     p.add_argument("--cache", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "flickr_epoch_features"))
     p.add_argument("--steps", type=int, default=16, help="timed training steps per run")
     p.add_argument("--block", type=int, default=4, help="steps in a row before switching run")
@@ -184,7 +190,8 @@ def main():
     threads = f"{torch.get_num_threads()} CPU threads" if device.type == "cpu" else torch.cuda.get_device_name(device)
     first = runs["word", False]
     print(f"\n{device} ({threads}); {len(first.pairs):,} training captions, batch {first.config.batch_size}, "
-          f"decoder {first.config.layers} x {first.config.width}; mean of {args.steps} timed steps per run")
+          f"decoder {first.config.decoder.layers} x {first.config.decoder.width}; mean of {args.steps} timed steps "
+          "per run")
     print(f"{'tokenizer':9} {'vocab':>7} {'batches':8} {'padding':>8} {'s/step':>7} {'epoch (h:mm)':>13} "
           f"{'vs word, random':>16}")
     reference = statistics.mean(times["word", False])

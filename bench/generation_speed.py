@@ -1,6 +1,6 @@
 """Captions per second: greedy and beam 3, batch 1 and 32, with the KV cache and without.
 
-    python bench/generation_speed.py [--checkpoint runs/shapes/checkpoint.pt] [--repeats 3]
+    python bench/generation_speed.py [--checkpoint runs/shapes/model] [--repeats 3]
 
 Two models: the trained built-in captioner (if its checkpoint exists), and a Flickr30k-sized decoder
 (6 x 512, 7,440 words, ViT-B-32-shaped features) with random weights. Every caption is forced to 20
@@ -17,9 +17,9 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from model.checkpoint import load_captioner  # noqa: E402
+from model.checkpoint import load_model  # noqa: E402
 from model.decoder import CaptionDecoder, DecoderConfig  # noqa: E402
-from model.sampling import beam_search, generate  # noqa: E402
+from model.sampling import beam_search, sample  # noqa: E402
 
 NEVER = -1  # an end-token id no row can produce: every caption runs to max_new_tokens
 
@@ -27,7 +27,7 @@ NEVER = -1  # an end-token id no row can produce: every caption runs to max_new_
 def decoders(checkpoint):
     found = []
     if checkpoint and os.path.exists(checkpoint):
-        model, _ = load_captioner(checkpoint)
+        model, _ = load_model(checkpoint)
         d = model.decoder.config
         feats = (d.clip_dim, model.encoder.config.num_patches, d.patch_dim)
         found.append(("built-in (2 x 128)", model.decoder, feats, 15))
@@ -46,7 +46,7 @@ def timed(fn):
 @torch.no_grad()
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--checkpoint", default="runs/shapes/checkpoint.pt")
+    p.add_argument("--checkpoint", default="runs/shapes/model")
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
     print(f"{torch.get_num_threads()} threads; decoding only; median of {args.repeats}")
@@ -56,8 +56,8 @@ def main():
             clip_embed, patches = torch.randn(batch, E), torch.randn(batch, N, C)
             common = dict(bos_id=1, eos_id=NEVER, max_new_tokens=tokens)
             runs = {
-                "greedy, no cache": lambda: generate(decoder, clip_embed, patches, use_cache=False, **common),
-                "greedy, KV cache": lambda: generate(decoder, clip_embed, patches, **common),
+                "greedy, no cache": lambda: sample(decoder, clip_embed, patches, use_cache=False, **common),
+                "greedy, KV cache": lambda: sample(decoder, clip_embed, patches, **common),
                 "beam 3, KV cache": lambda: beam_search(decoder, clip_embed, patches, beam_size=3, **common),
             }
             times = {k: [] for k in runs}

@@ -58,8 +58,23 @@ def collate(items):
     return indices, images, failed
 
 
+def create_feature_cache(folder, names, pooled_dim, patch_tokens, patch_dim, meta):
+    """Lay out an empty cache for `names`: pooled.npy (n, E) and patches.npy (n, N, C) in fp16, status.npy (n,)
+    all PENDING, names.json, and meta.json (`meta` plus the shapes) written last, so that a folder with a
+    meta.json always has every file. Rows are filled in and marked DONE or FAILED afterwards."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    n = len(names)
+    np.lib.format.open_memmap(folder / "pooled.npy", "w+", np.float16, (n, pooled_dim)).flush()
+    np.lib.format.open_memmap(folder / "patches.npy", "w+", np.float16, (n, patch_tokens, patch_dim)).flush()
+    np.save(folder / "status.npy", np.zeros(n, np.uint8))
+    (folder / "names.json").write_text(json.dumps(list(names)))
+    meta = dict(meta, pooled_dim=pooled_dim, patch_tokens=patch_tokens, patch_dim=patch_dim)
+    (folder / "meta.json").write_text(json.dumps(meta, indent=1))
+
+
 class FeatureCache:
-    """pooled.npy (n, E), patches.npy (n, N, C) in fp16, status.npy (n,), names.json, meta.json."""
+    """A cache folder (see create_feature_cache), memory-mapped for reading."""
 
     def __init__(self, folder):
         self.folder = Path(folder)
@@ -96,16 +111,10 @@ def extract_features(encoder, preprocess, encoder_name, folder, names, cache_roo
             raise ValueError(f"{out}: this cache holds features of a different image list; delete it or use "
                              "another cache folder")
     else:
-        out.mkdir(parents=True, exist_ok=True)
         probe = encoder(preprocess(load_probe_image(folder, names)).unsqueeze(0).to(device))
         E, (N, C) = probe.pooled.shape[-1], probe.patches.shape[-2:]
-        np.lib.format.open_memmap(out / "pooled.npy", "w+", np.float16, (len(names), E)).flush()
-        np.lib.format.open_memmap(out / "patches.npy", "w+", np.float16, (len(names), N, C)).flush()
-        np.save(out / "status.npy", np.zeros(len(names), np.uint8))
-        (out / "names.json").write_text(json.dumps(names))
-        meta = {"encoder": encoder_name, "weights_sha256": digest, "preprocess": repr(preprocess),
-                "image_folder": str(folder), "pooled_dim": E, "patch_tokens": N, "patch_dim": C}
-        (out / "meta.json").write_text(json.dumps(meta, indent=1))
+        create_feature_cache(out, names, E, N, C, {"encoder": encoder_name, "weights_sha256": digest,
+                                                   "preprocess": repr(preprocess), "image_folder": str(folder)})
     pooled = np.load(out / "pooled.npy", mmap_mode="r+")
     patches = np.load(out / "patches.npy", mmap_mode="r+")
     status = np.load(out / "status.npy", mmap_mode="r+")

@@ -58,6 +58,17 @@ def load_image(path, max_pixels=MAX_PIXELS):
         raise ImageError(f"{path}: damaged or truncated image ({e})") from None
 
 
+def load_images(paths):
+    """Read every path: ([(path, RGB PIL image)] of those that load, [one-line error] of those that do not)."""
+    loaded, errors = [], []
+    for path in paths:
+        try:
+            loaded.append((path, load_image(path)))
+        except ImageError as e:
+            errors.append(str(e))
+    return loaded, errors
+
+
 def squash(image, size):
     """Resize to size x size, aspect ratio not kept: (size, size, 3) uint8, writable."""
     return np.array(image.resize((size, size), Image.BICUBIC))

@@ -83,9 +83,22 @@ class BPETokenizer:
         return {"kind": self.kind}
 
 
-def tokenizer_from_dict(d):
-    if d["kind"] == "word":
-        return WordTokenizer(d["words"])
-    if d["kind"] == "bpe":
+def build_tokenizer(kind, captions, min_count=1):
+    """"bpe": OpenCLIP's; "word": a vocabulary of the words in `captions` seen at least min_count times."""
+    if kind == "bpe":
         return BPETokenizer()
-    raise ValueError(f"unknown tokenizer kind {d['kind']!r}")
+    if kind == "word":
+        return WordTokenizer.build(captions, min_count)
+    raise ValueError(f"tokenizer must be 'word' or 'bpe', not {kind!r}")
+
+
+def tokenizer_from_dict(d, where="tokenizer"):
+    """The tokenizer a checkpoint or config.json describes; one sentence naming `where` if it is malformed."""
+    kind = d.get("kind") if isinstance(d, dict) else None
+    if kind == "word" and set(d) == {"kind", "words"} and isinstance(d["words"], list) \
+            and all(isinstance(w, str) for w in d["words"]):
+        return WordTokenizer(d["words"])
+    if kind == "bpe" and set(d) == {"kind"}:
+        return BPETokenizer()
+    raise ValueError(f"{where}: expected {{\"kind\": \"word\", \"words\": [...]}} or {{\"kind\": \"bpe\"}}, "
+                     f"found {str(d)[:80]}")

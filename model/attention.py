@@ -32,6 +32,14 @@ def causal_mask(T, S=None, device=None):
     return k_pos <= q_pos  # (T, S)
 
 
+def prefix_lm_mask(P, T, device=None):
+    """(P + T, P + T) mask of a prefix language model: every position sees the whole prefix, and each
+    caption position also sees the caption up to itself (the prefix rows see only the prefix)."""
+    mask = causal_mask(P + T, device=device)  # (L, L)
+    mask[:, :P] = True  # the prefix is visible to every position
+    return mask
+
+
 def padding_mask(lengths, S):
     """(B, 1, 1, S) mask from per-row lengths: key s is real if s < lengths[b]."""
     k_pos = torch.arange(S, device=lengths.device)  # (S,)

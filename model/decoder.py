@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from model.attention import AttentionCache, MultiHeadAttention, causal_mask, padding_mask
+from model.attention import AttentionCache, MultiHeadAttention, causal_mask, padding_mask, prefix_lm_mask
 from model.mlp import MLP
 from model.vit import EncoderBlock
 
@@ -148,8 +148,7 @@ class CaptionDecoder(nn.Module):
         x = self.token_embedding(tokens) + self.positional_embedding[start : start + T]  # (B, T, C)
         if first:
             x = torch.cat([self.prefix(clip_embed).to(x.dtype), x], dim=1)  # (B, L, C)
-            mask = causal_mask(P + T, device=x.device)  # (L, L)
-            mask[:, :P] = True  # every position sees the whole prefix
+            mask = prefix_lm_mask(P, T, device=x.device)  # (L, L): prefix seen whole, caption causal
         else:
             mask = causal_mask(T, cache.length + T, device=x.device)  # (T, S): all earlier positions
         if lengths is not None:

@@ -1,7 +1,12 @@
-"""Decoding: logit filters as pure per-row functions, a sampling loop, and beam search.
+"""Decoding: logit filters as pure per-row functions, a sampling loop, beam search, and the options
+that choose between them.
 
-Every function works on a batch; every row is treated on its own.
+Every function works on a batch; every row is treated on its own. `DecodingOptions` is the one place
+a decoding setting is defined: generate.py's flags, the Python API's keywords and the web page's
+controls are all built from its fields, and `decode` is the one place that picks the method.
 """
+
+from dataclasses import dataclass
 
 import torch
 
@@ -42,7 +47,7 @@ def next_token(logits, temperature=0.0, top_k=None, top_p=None, generator=None):
 
 
 @torch.no_grad()
-def generate(decoder, clip_embed, patches, bos_id, eos_id, max_new_tokens=None, temperature=0.0,
+def sample(decoder, clip_embed, patches, bos_id, eos_id, max_new_tokens=None, temperature=0.0,
              top_k=None, top_p=None, generator=None, patch_mask=None, use_cache=True):
     """Caption a batch token by token. Each row stops at its end token (later positions are filled
     with eos_id); the loop ends when every row has stopped or after max_new_tokens.
@@ -114,3 +119,55 @@ def beam_search(decoder, clip_embed, patches, bos_id, eos_id, beam_size=3, max_n
     best = final.argmax(dim=-1)  # (B,)
     chosen = torch.arange(B, device=device) * K + best  # (B,)
     return tokens[chosen, 1:], final.gather(1, best[:, None]).squeeze(1)
+
+
+@dataclass
+class DecodingOptions:
+    """How to turn the decoder's next-token distributions into captions."""
+
+    beam: int = 1  # beam size; 1 with temperature 0 is greedy decoding
+    length_penalty: float = 1.0  # beam search ranks captions by log-probability / length ** length_penalty
+    temperature: float = 0.0  # 0: greedy or beam search; above 0: sample from softmax(logits / temperature)
+    top_k: int = None  # sampling: draw only among the k most likely tokens
+    top_p: float = None  # sampling: draw only in the smallest set of tokens whose probability reaches p
+    num: int = 1  # captions per image (more than one needs sampling)
+    max_len: int = None  # most new tokens per caption; default: as many as the model allows
+    seed: int = 0  # seeds the sampling, so the same call gives the same captions
+
+    def __post_init__(self):
+        """Refuse settings that contradict each other or would silently do nothing, in one sentence."""
+        sampling = self.temperature > 0
+        problems = [
+            (self.beam < 1, f"beam must be at least 1, not {self.beam}"),
+            (self.temperature < 0, f"temperature must be 0 (greedy) or above, not {self.temperature}"),
+            (self.beam > 1 and sampling, "choose either beam search (beam > 1) or sampling (temperature > 0), not both"),
+            (self.num < 1, f"num must be at least 1, not {self.num}"),
+            (self.num > 1 and not sampling, "num > 1 needs sampling: set a temperature above 0 (e.g. 0.8)"),
+            (self.top_k is not None and self.top_k < 1, f"top_k must be at least 1, not {self.top_k}"),
+            (self.top_p is not None and not 0 < self.top_p <= 1, f"top_p must be in (0, 1], not {self.top_p}"),
+            ((self.top_k is not None or self.top_p is not None) and not sampling,
+             "top_k and top_p filter what is sampled: set a temperature above 0 (e.g. 0.8)"),
+            (self.max_len is not None and self.max_len < 1, f"max_len must be at least 1, not {self.max_len}"),
+        ]
+        for wrong, message in problems:
+            if wrong:
+                raise ValueError(message)
+
+
+def decode(decoder, clip_embed, patches, bos_id, eos_id, options=DecodingOptions(), patch_mask=None,
+           generator=None):
+    """Caption a batch as `options` say: options.num runs of sampling, or one of greedy or beam search.
+
+    clip_embed: (B, E), patches: (B, N, patch_dim) or None, patch_mask: (B, N) or None
+    -> a list of options.num tensors (B, T_new) of token ids, without the start token.
+    generator: for sampling; by default a new one seeded with options.seed.
+    """
+    common = dict(bos_id=bos_id, eos_id=eos_id, max_new_tokens=options.max_len, patch_mask=patch_mask)
+    if options.beam > 1:
+        tokens, _ = beam_search(decoder, clip_embed, patches, beam_size=options.beam,
+                                length_penalty=options.length_penalty, **common)
+        return [tokens]
+    if options.temperature > 0 and generator is None:
+        generator = torch.Generator(device=clip_embed.device).manual_seed(options.seed)
+    return [sample(decoder, clip_embed, patches, temperature=options.temperature, top_k=options.top_k,
+                   top_p=options.top_p, generator=generator, **common) for _ in range(options.num)]

@@ -155,14 +155,14 @@ Each layer's attention says how much the class token reads from each patch. Atte
 multiplies the layers' maps (with the residual path mixed in) to follow the flow through all layers.
 A real photo is used when `../shared` is beside the project (the project's own machines); otherwise a
 scene from the built-in dataset. With random weights the maps show no meaning, only the mechanics."""),
-        ("code", """from pathlib import Path
-from PIL import Image
+        ("code", """from PIL import Image
 from data.images import load_image
+from data.paths import SHARED_DATA
 from data.shapes import make_split
 from model.rollout import attention_rollout
 
 vit, preprocess = load_clip_vit("ViT-B-32", pretrained=None)
-photo = Path("../../shared/data/flickr30k-mini/images/1000268201.jpg")
+photo = SHARED_DATA / "flickr30k-mini/images/1000268201.jpg"   # only on the project's own machines
 picture = load_image(photo) if photo.exists() else Image.fromarray(make_split("test", 1, 224)[0].image)
 with torch.no_grad():
     out = vit(preprocess(picture)[None], return_attn=True)
@@ -185,7 +185,7 @@ the caption up to itself; cross-attention lets every position look at the image'
 trace the tensor shapes through one forward pass."""),
         ("code", SETUP + """
 from model.decoder import CaptionDecoder, DecoderConfig
-from model.attention import causal_mask"""),
+from model.attention import prefix_lm_mask"""),
         ("code", """config = DecoderConfig(vocab_size=100, max_len=12, width=32, layers=2, heads=4, prefix_len=3,
                        clip_dim=24, patch_dim=20, dropout=0.0)
 decoder = CaptionDecoder(config).eval()
@@ -206,8 +206,8 @@ print("self-attention    ", tuple(out.self_attn[0].shape), "  (B, H, L, L), L = 
 print("cross-attention   ", tuple(out.cross_attn[0].shape), "  (B, H, L, N)")"""),
         ("md", "## The self-attention mask, and the weights it produces"),
         ("code", """P = config.prefix_len
-mask = causal_mask(P + T)
-mask[:, :P] = True     # exactly what CaptionDecoder.forward builds
+mask = prefix_lm_mask(P, T)   # the helper CaptionDecoder.forward builds its mask with
+print(mask.int())
 fig, axes = plt.subplots(1, 3, figsize=(11, 3.5))
 axes[0].imshow(mask, cmap="gray"); axes[0].set_title("mask: prefix seen whole, caption causal")
 axes[1].imshow(out.self_attn[0][0].mean(0).detach(), cmap="magma"); axes[1].set_title("self-attention, layer 1")
@@ -231,40 +231,33 @@ print("KV cache == full recomputation")"""),
     "05_training.ipynb": [
         ("md", """# 5. Training a captioner on the CPU
 
-`train.py` is importable: `train.main([...flags...])` runs the same code as the command line. We train
-on the built-in data for one epoch, look at some captions, then resume for a second epoch and look
-again. Together about a minute and a half on 2 CPU cores; the full default (`python train.py`, 5
-epochs) gets 99.7% of the test captions exactly right in about 3 minutes."""),
+We run `train.py` itself, the command a user types, on the built-in data: one epoch, a look at some
+captions, then `--resume` for a second epoch and another look. Together about a minute and a half on 2
+CPU cores; the full default (`python train.py`, 5 epochs) gets 99.7% of the test captions exactly right
+in a few minutes. The captions come from the Python API, `Captioner`, which reads what train.py wrote."""),
         ("code", SETUP + """
 import json
-import numpy as np
-import train
-from data.images import normalize
+from PIL import Image
+from captioner import Captioner
 from data.shapes import make_split
-from data.tokenizer import tokenizer_from_dict
-from model.sampling import generate
 
 scenes = make_split("test", 6, 32)  # test images the model never trains on
-pixels = normalize(torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2))
+images = [Image.fromarray(s.image) for s in scenes]
 
 
-def show_samples(model, title):
-    tokenizer = tokenizer_from_dict(torch.load("runs/notebook/checkpoint.pt", weights_only=False)["tokenizer"])
-    model.eval()
-    with torch.no_grad():
-        out = generate(model.decoder, *model.encode(pixels), tokenizer.bos_id, tokenizer.eos_id)
+def show_samples(path, title):
+    captioner = Captioner.from_pretrained(path)   # a training checkpoint or a model folder
     fig, axes = plt.subplots(1, 6, figsize=(14, 2.8))
-    for ax, scene, ids in zip(axes, scenes, out):
-        caption = tokenizer.decode(ids.tolist())
+    for ax, scene, caption in zip(axes, scenes, captioner.caption(images)):
         ok = "right" if caption in scene.captions else "wrong"
         ax.imshow(scene.image); ax.axis("off")
         ax.set_title(f"{ok}: " + caption.replace(" to the", "\\nto the").replace(" above", "\\nabove"), fontsize=8)
     plt.suptitle(title); plt.show()"""),
         ("md", "One epoch (156 steps of 128 captions), then stop: the checkpoint keeps everything needed to go on."),
-        ("code", """model = train.main(["--epochs", "2", "--out", "runs/notebook", "--stop-after", "156"])
-show_samples(model, "after one epoch")"""),
-        ("code", """model = train.main(["--out", "runs/notebook", "--resume"])   # continues exactly where it stopped
-show_samples(model, "after two epochs")"""),
+        ("code", """!{sys.executable} ../train.py --epochs 2 --out runs/notebook --stop-after 156
+show_samples("runs/notebook/checkpoint.pt", "after one epoch")"""),
+        ("code", """!{sys.executable} ../train.py --out runs/notebook --resume
+show_samples("runs/notebook/model", "after two epochs: the model folder train.py writes at the end")"""),
         ("md", "The loss falls; the validation metrics are logged at the end of every epoch."),
         ("code", """records = [json.loads(line) for line in open("runs/notebook/metrics.jsonl")]
 steps = [r["step"] for r in records if "train_loss" in r]
@@ -278,51 +271,50 @@ for r in records:
     "06_decoding_and_attention.ipynb": [
         ("md", """# 6. Decoding strategies, attention pictures, region captions
 
-Uses the model trained in notebook 5 (or trains one, for two epochs, if it is missing)."""),
+Uses the model trained in notebook 5 (or trains one, for two epochs, if it is missing), through the
+Python API: `Captioner.from_pretrained(folder)`, then `captioner.caption(image, ...)`."""),
         ("code", SETUP + """
 from pathlib import Path
 from PIL import Image
-import generate
+from captioner import Captioner
+from captioner.pictures import attention_figure
 from data.shapes import make_split
-from model.checkpoint import load_captioner
-from data.tokenizer import tokenizer_from_dict
-from model.sampling import generate as decode, beam_search, top_p_filter
+from model.sampling import top_p_filter
 
-checkpoint = Path("runs/notebook/checkpoint.pt")
-if not checkpoint.exists():
-    import train
-    train.main(["--epochs", "2", "--out", "runs/notebook"])
-model, state = load_captioner(checkpoint)
-tokenizer = tokenizer_from_dict(state["tokenizer"])"""),
-        ("md", "## One image, five ways to decode"),
+model_folder = Path("runs/notebook/model")
+if not model_folder.exists():
+    !{sys.executable} ../train.py --epochs 2 --out runs/notebook
+captioner = Captioner.from_pretrained(model_folder)
+tokenizer = captioner.tokenizer"""),
+        ("md", "## One image, five ways to decode\n\nEach keyword is a field of `model.sampling.DecodingOptions`, as each flag of `generate.py` is."),
         ("code", """scene = make_split("test", 32, 32)[31]
-Image.fromarray(scene.image).resize((128, 128), Image.NEAREST).save("scene.png")
-from data.images import image_transform
-pixels = image_transform(state["preprocess"])(Image.open("scene.png").convert("RGB"))[None]
-clip_embed, patches = model.encode(pixels)
-ids = dict(bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id)
-g = torch.Generator().manual_seed(0)
+image = Image.fromarray(scene.image).resize((128, 128), Image.NEAREST)
 ways = {
-    "greedy": decode(model.decoder, clip_embed, patches, **ids),
-    "beam 3": beam_search(model.decoder, clip_embed, patches, beam_size=3, **ids)[0],
-    "temperature 3": decode(model.decoder, clip_embed, patches, temperature=3.0, generator=g, **ids),
-    "top-k 3, T 3": decode(model.decoder, clip_embed, patches, temperature=3.0, top_k=3, generator=g, **ids),
-    "top-p 0.9, T 3": decode(model.decoder, clip_embed, patches, temperature=3.0, top_p=0.9, generator=g, **ids),
+    "greedy": {},
+    "beam 3": dict(beam=3),
+    "temperature 3": dict(temperature=3.0),
+    "top-k 3, T 3": dict(temperature=3.0, top_k=3),
+    "top-p 0.9, T 3": dict(temperature=3.0, top_p=0.9),
 }
 plt.imshow(scene.image); plt.axis("off"); plt.title("references: " + " | ".join(scene.captions), fontsize=8); plt.show()
-for name, out in ways.items():
-    print(f"{name:18} {tokenizer.decode(out[0].tolist())}")"""),
-        ("md", "Top-p keeps, in each row, the smallest set of tokens whose probability reaches p. Here, for the first word after the start token:"),
-        ("code", """logits = model.decoder(torch.tensor([[tokenizer.bos_id, tokenizer.stoi["a"]]]), clip_embed, patches).logits[0, -1:]
+for name, options in ways.items():
+    print(f"{name:18} {captioner.caption(image, **options)}")"""),
+        ("md", "Top-p keeps, in each row, the smallest set of tokens whose probability reaches p. Here, for the word after \"a\":"),
+        ("code", """pixels = captioner.transform(image)[None]                      # (1, 3, S, S): the model's view
+tokens = torch.tensor([[tokenizer.bos_id, tokenizer.stoi["a"]]])
+with torch.no_grad():
+    logits = captioner.model(tokens, images=pixels).logits[0, -1:]  # (1, V): the next word's scores
 probs = logits.softmax(-1)[0]
 kept = top_p_filter(logits, 0.9)[0] > float("-inf")
 order = probs.argsort(descending=True)[:8]
 plt.figure(figsize=(7, 2.5))
-plt.bar([tokenizer.itos[i] for i in order], probs[order].detach(), color=["C2" if kept[i] else "C7" for i in order])
+plt.bar([tokenizer.itos[i] for i in order], probs[order], color=["C2" if kept[i] else "C7" for i in order])
 plt.title("next-word probabilities after 'a': green = kept by top-p 0.9"); plt.show()"""),
-        ("md", "## Where the decoder looked, word by word\n\nThe same picture `python generate.py CKPT scene.png --attention DIR` writes:"),
-        ("code", """results = generate.main([str(checkpoint), "scene.png", "--attention", "attention"])
-plt.figure(figsize=(14, 7)); plt.imshow(Image.open(results[0]["attention"])); plt.axis("off"); plt.show()"""),
+        ("md", "## Where the decoder looked, word by word\n\nThe same picture `python generate.py MODEL scene.png --attention DIR` writes:"),
+        ("code", """result = captioner.caption(image, attention=True)
+print(result.words)
+print("cross-attention:", tuple(result.cross_attention.shape), "(layers, heads, words, grid, grid)")
+attention_figure(result)"""),
         ("md", """## Region-focused captions
 
 Cross-attention limited to the patches inside a box, and the prefix made from the crop: a box around
@@ -332,15 +324,15 @@ on 32 boxes with a 3-epoch model, that at least 80% of the captions name the box
 other (`tests/test_generate.py`)."""),
         ("code", """for obj in scene.objects:
     x0, y0, x1, y1 = (4 * v for v in obj.box)
-    box = f"{max(0, x0 - 8)},{max(0, y0 - 8)},{x1 + 12},{y1 + 12}"
-    caption = generate.main([str(checkpoint), "scene.png", "--region", box])[0]["captions"][0]
-    print(f"box around the {obj.colour} {obj.shape}: {caption}")"""),
+    box = (max(0, x0 - 8), max(0, y0 - 8), x1 + 12, y1 + 12)
+    print(f"box around the {obj.colour} {obj.shape}: {captioner.caption(image, region=box)}")"""),
     ],
 }
 
 
-def main():
-    folder = Path(__file__).parent
+def main(folder=Path(__file__).parent):
+    """Write every notebook into `folder` (this one by default; the tests write a copy elsewhere to compare)."""
+    folder = Path(folder)
     for name, cells in NOTEBOOKS.items():
         nb = nbformat.v4.new_notebook()
         nb.cells = [nbformat.v4.new_markdown_cell(src) if kind == "md" else nbformat.v4.new_code_cell(src)

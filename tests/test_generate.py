@@ -1,4 +1,5 @@
-"""generate.py: captions from a checkpoint, attention pictures, region-focused captions, clear errors."""
+"""generate.py and the Python API: captions from a model folder or a checkpoint, attention pictures,
+region-focused captions, clear errors."""
 
 import csv
 import json
@@ -10,6 +11,7 @@ from PIL import Image
 from torch.testing import assert_close
 
 import generate
+from captioner import Captioner
 from data.shapes import make_split
 from model.rollout import attention_rollout
 
@@ -25,7 +27,7 @@ def scenes(tmp_path_factory):
     return folder, scenes
 
 
-def test_folder_with_an_unreadable_image(shapes_checkpoint, scenes, tmp_path, capsys):
+def test_folder_with_an_unreadable_image(shapes_model, scenes, tmp_path, capsys):
     folder, truth = scenes
     work = tmp_path / "imgs"
     work.mkdir()
@@ -33,7 +35,7 @@ def test_folder_with_an_unreadable_image(shapes_checkpoint, scenes, tmp_path, ca
         (work / f"{i:02d}.png").write_bytes((folder / f"{i:02d}.png").read_bytes())
     (work / "broken.png").write_bytes(b"\x89PNG but not really")
     with pytest.raises(SystemExit) as exit_status:
-        generate.main([str(shapes_checkpoint), str(work), "--json", str(tmp_path / "c.json"),
+        generate.main([str(shapes_model), str(work), "--json", str(tmp_path / "c.json"),
                        "--csv", str(tmp_path / "c.csv")])
     assert exit_status.value.code == 1  # non-zero at the end...
     out, err = capsys.readouterr()
@@ -47,13 +49,13 @@ def test_folder_with_an_unreadable_image(shapes_checkpoint, scenes, tmp_path, ca
     assert "00.png" in out
 
 
-def test_sampling_several_captions_and_beam(shapes_checkpoint, scenes):
+def test_sampling_several_captions_and_beam(shapes_model, scenes):
     folder, _ = scenes
-    sampled = generate.main([str(shapes_checkpoint), str(folder / "00.png"), "--temperature", "1.5", "--num", "4",
+    sampled = generate.main([str(shapes_model), str(folder / "00.png"), "--temperature", "1.5", "--num", "4",
                              "--top-k", "5"])
     assert len(sampled[0]["captions"]) == 4
-    beam = generate.main([str(shapes_checkpoint), str(folder / "00.png"), "--beam", "3"])
-    greedy = generate.main([str(shapes_checkpoint), str(folder / "00.png")])
+    beam = generate.main([str(shapes_model), str(folder / "00.png"), "--beam", "3"])
+    greedy = generate.main([str(shapes_model), str(folder / "00.png")])
     assert beam[0]["captions"][0].split()[:3] == greedy[0]["captions"][0].split()[:3]
 
 
@@ -62,13 +64,13 @@ def box_around(obj, margin=2):
     return ",".join(str(v * SCALE) for v in (max(0, x0 - margin), max(0, y0 - margin), x1 + 1 + margin, y1 + 1 + margin))
 
 
-def test_a_box_around_one_object_captions_that_object_and_not_the_other(shapes_checkpoint, scenes):
+def test_a_box_around_one_object_captions_that_object_and_not_the_other(shapes_model, scenes):
     folder, truth = scenes
     pairs = [(i, s) for i, s in enumerate(truth) if len(s.objects) == 2][:16]
     hits = 0
     for i, scene in pairs:
         for target, other in (scene.objects, scene.objects[::-1]):
-            caption = generate.main([str(shapes_checkpoint), str(folder / f"{i:02d}.png"),
+            caption = generate.main([str(shapes_model), str(folder / f"{i:02d}.png"),
                                      "--region", box_around(target)])[0]["captions"][0]
             names_target = f"{target.colour} {target.shape}" in caption
             names_other = f"{other.colour} {other.shape}" in caption
@@ -81,31 +83,31 @@ def test_a_box_around_one_object_captions_that_object_and_not_the_other(shapes_c
     ("200,200,300,300", "lies outside 00.png (128x128)"),
     ("1,2,3", "expected four numbers"),
 ])
-def test_bad_regions_are_refused(shapes_checkpoint, scenes, region, message, capsys):
+def test_bad_regions_are_refused(shapes_model, scenes, region, message, capsys):
     folder, _ = scenes
     with pytest.raises(SystemExit) as error:
-        generate.main([str(shapes_checkpoint), str(folder / "00.png"), "--region", region])
+        generate.main([str(shapes_model), str(folder / "00.png"), "--region", region])
     assert message in str(error.value.code)
 
 
-def test_region_mask_image(shapes_checkpoint, scenes, tmp_path):
+def test_region_mask_image(shapes_model, scenes, tmp_path):
     folder, truth = scenes
     i, scene = next((i, s) for i, s in enumerate(truth) if len(s.objects) == 2)
     mask = np.zeros((128, 128), dtype=np.uint8)
     x0, y0, x1, y1 = (v * SCALE for v in scene.objects[0].box)
     mask[y0 : y1 + 1, x0 : x1 + 1] = 255
     Image.fromarray(mask).save(tmp_path / "mask.png")
-    caption = generate.main([str(shapes_checkpoint), str(folder / f"{i:02d}.png"), "--region-mask",
+    caption = generate.main([str(shapes_model), str(folder / f"{i:02d}.png"), "--region-mask",
                              str(tmp_path / "mask.png")])[0]["captions"][0]
     assert scene.objects[0].shape in caption
     Image.fromarray(np.zeros((128, 128), dtype=np.uint8)).save(tmp_path / "empty.png")
     with pytest.raises(SystemExit, match="no white pixel"):
-        generate.main([str(shapes_checkpoint), str(folder / "00.png"), "--region-mask", str(tmp_path / "empty.png")])
+        generate.main([str(shapes_model), str(folder / "00.png"), "--region-mask", str(tmp_path / "empty.png")])
 
 
-def test_attention_pictures_are_written(shapes_checkpoint, scenes, tmp_path):
+def test_attention_pictures_are_written(shapes_model, scenes, tmp_path):
     folder, _ = scenes
-    results = generate.main([str(shapes_checkpoint), str(folder / "00.png"), str(folder / "01.png"),
+    results = generate.main([str(shapes_model), str(folder / "00.png"), str(folder / "01.png"),
                              "--attention", str(tmp_path / "att")])
     for r in results:
         picture = Image.open(r["attention"])
@@ -113,21 +115,20 @@ def test_attention_pictures_are_written(shapes_checkpoint, scenes, tmp_path):
     assert sorted(p.name for p in (tmp_path / "att").iterdir()) == ["00.png", "01.png"]
 
 
-def test_word_attention_maps_are_distributions_over_patches(shapes_checkpoint, scenes):
-    from data.images import image_transform
-    from data.tokenizer import tokenizer_from_dict
-    from model.checkpoint import load_captioner
-
-    model, state = load_captioner(shapes_checkpoint)
-    tokenizer = tokenizer_from_dict(state["tokenizer"])
+def test_word_attention_maps_are_distributions_over_patches(shapes_model, scenes):
+    captioner = Captioner.from_pretrained(shapes_model)
     folder, _ = scenes
-    item = generate.Item(folder / "00.png", image_transform(state["preprocess"])(Image.open(folder / "00.png").convert("RGB")))
-    clip_embed, patches = model.encode(item.pixels[None])
-    ids = generate.generate(model.decoder, clip_embed, patches, tokenizer.bos_id, tokenizer.eos_id)[0]
-    words, maps = generate.word_attention(model, tokenizer, item, ids, "mean", "cpu")
-    assert " ".join(words) == tokenizer.decode(ids.tolist())
-    assert maps.shape == (len(words), model.encoder.config.num_patches)
-    assert_close(maps.sum(-1), torch.ones(len(words)))
+    result = captioner.caption(folder / "00.png", attention=True)
+    assert result.text == captioner.caption(folder / "00.png")  # the same greedy caption
+    assert " ".join(result.words) == result.text
+    grid = captioner.model.encoder.config.grid
+    maps = result.word_maps()
+    assert maps.shape == (len(result.words), grid, grid)
+    assert_close(maps.sum((-2, -1)), torch.ones(len(result.words)))
+    layers, heads = captioner.model.decoder.config.layers, captioner.model.decoder.config.heads
+    assert result.cross_attention.shape == (layers, heads, len(result.words), grid, grid)
+    assert_close(result.word_maps(layer=1), result.cross_attention[1].mean(0))
+    assert_close(result.rollout.sum(), torch.tensor(1.0))
 
 
 def test_attention_rollout_by_hand():
@@ -145,7 +146,7 @@ def test_bad_checkpoints_get_one_line_errors(shapes_checkpoint, scenes, tmp_path
     truncated.write_bytes(shapes_checkpoint.read_bytes()[:5000])
     foreign = tmp_path / "foreign.pt"
     torch.save({"weights": torch.zeros(3)}, foreign)
-    state = torch.load(shapes_checkpoint, weights_only=False)
+    state = torch.load(shapes_checkpoint, weights_only=True)
     state["model_config"]["decoder"]["width"] = 64
     other = tmp_path / "other-config.pt"
     torch.save(state, other)
@@ -154,3 +155,9 @@ def test_bad_checkpoints_get_one_line_errors(shapes_checkpoint, scenes, tmp_path
         with pytest.raises(SystemExit) as error:
             generate.main([str(path), image])
         assert message in str(error.value.code) and "\n" not in str(error.value.code)
+
+
+def test_a_training_checkpoint_captions_like_its_model_folder(shapes_checkpoint, shapes_model, scenes):
+    folder, _ = scenes
+    images = [str(folder / f"{i:02d}.png") for i in range(6)]
+    assert generate.main([str(shapes_checkpoint), *images]) == generate.main([str(shapes_model), *images])

@@ -26,3 +26,17 @@ def test_notebook_runs(path):
 
     nb = nbformat.read(path, as_version=4)
     NotebookClient(nb, timeout=240, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+
+
+def test_regenerating_the_notebooks_changes_nothing(tmp_path):
+    """The notebooks are written by notebooks/make_notebooks.py: a hand edit to an .ipynb, or a change to
+    the script that was not run, shows up here."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_notebooks", NOTEBOOKS[0].parent / "make_notebooks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(tmp_path)
+    assert sorted(p.name for p in tmp_path.glob("*.ipynb")) == [p.name for p in NOTEBOOKS]
+    for path in NOTEBOOKS:
+        assert (tmp_path / path.name).read_text() == path.read_text(), f"{path.name}: run notebooks/make_notebooks.py"

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from model.decoder import CaptionDecoder, DecoderConfig
-from model.sampling import beam_search, generate
+from model.sampling import beam_search, sample
 
 BOS, EOS, PAD, V = 1, 2, 0, 20
 
@@ -31,7 +31,7 @@ def test_tiny_decoder_overfits_a_few_pairs_to_zero_error():
     decoder.eval()
     assert loss.item() < 0.01
     expected = [c + [EOS] for c in captions]
-    out = generate(decoder, clip_embed, patches, BOS, EOS)
+    out = sample(decoder, clip_embed, patches, BOS, EOS)
     assert [row[: len(e)].tolist() for row, e in zip(out, expected)] == expected
     beams, _ = beam_search(decoder, clip_embed, patches, BOS, EOS, beam_size=3)
     assert [row[: len(e)].tolist() for row, e in zip(beams, expected)] == expected

@@ -5,7 +5,7 @@ import torch
 from torch.testing import assert_close
 
 from model.decoder import CaptionDecoder, DecoderConfig
-from model.sampling import beam_search, generate, next_token, top_k_filter, top_p_filter
+from model.sampling import beam_search, next_token, sample, top_k_filter, top_p_filter
 
 V, BOS, EOS = 30, 1, 2
 
@@ -77,18 +77,18 @@ def test_cache_equals_recomputation_greedy_and_sampled(batch):
     decoder = tiny_decoder()
     clip_embed, patches = image_inputs(batch)
     common = dict(bos_id=BOS, eos_id=EOS, max_new_tokens=10)
-    assert torch.equal(generate(decoder, clip_embed, patches, **common),
-                       generate(decoder, clip_embed, patches, use_cache=False, **common))
-    sampled = [generate(decoder, clip_embed, patches, temperature=1.0, top_p=0.9, use_cache=use_cache,
+    assert torch.equal(sample(decoder, clip_embed, patches, **common),
+                       sample(decoder, clip_embed, patches, use_cache=False, **common))
+    sampled = [sample(decoder, clip_embed, patches, temperature=1.0, top_p=0.9, use_cache=use_cache,
                         generator=torch.Generator().manual_seed(7), **common) for use_cache in (True, False)]
     assert torch.equal(*sampled)
 
 
-def test_top_k_one_equals_greedy_in_generate():
+def test_top_k_one_equals_greedy_in_sample():
     decoder = tiny_decoder()
     clip_embed, patches = image_inputs(4)
-    greedy = generate(decoder, clip_embed, patches, BOS, EOS)
-    assert torch.equal(generate(decoder, clip_embed, patches, BOS, EOS, temperature=0.8, top_k=1), greedy)
+    greedy = sample(decoder, clip_embed, patches, BOS, EOS)
+    assert torch.equal(sample(decoder, clip_embed, patches, BOS, EOS, temperature=0.8, top_k=1), greedy)
 
 
 def test_rows_stop_at_their_end_token():
@@ -96,7 +96,7 @@ def test_rows_stop_at_their_end_token():
     with torch.no_grad():
         decoder.token_embedding.weight[EOS] *= 8  # make the end token likely, so rows stop at different times
     clip_embed, patches = image_inputs(16)
-    out = generate(decoder, clip_embed, patches, BOS, EOS, temperature=1.0,
+    out = sample(decoder, clip_embed, patches, BOS, EOS, temperature=1.0,
                    generator=torch.Generator().manual_seed(0))
     ends = [(row == EOS).nonzero()[0].item() for row in out if (row == EOS).any()]
     assert len(set(ends)) > 1
@@ -111,7 +111,7 @@ def test_rows_stop_at_their_end_token():
 def test_beam_one_equals_greedy(batch):
     decoder = tiny_decoder()
     clip_embed, patches = image_inputs(batch)
-    greedy = generate(decoder, clip_embed, patches, BOS, EOS)
+    greedy = sample(decoder, clip_embed, patches, BOS, EOS)
     beam, _ = beam_search(decoder, clip_embed, patches, BOS, EOS, beam_size=1)
     assert torch.equal(beam, greedy)
 

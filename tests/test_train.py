@@ -8,11 +8,15 @@ import torch
 from PIL import Image
 
 import train
+from data.batches import epoch_batches
+from data.tokenizer import tokenizer_from_dict
+from model.caption_model import build_caption_model
 from model.clip import load_clip_vit
 
 TINY = ["--shapes-train", "256", "--shapes-val", "32", "--shapes-test", "32", "--epochs", "2", "--batch-size", "32",
-        "--vit-width", "32", "--vit-layers", "1", "--vit-heads", "2", "--width", "32", "--layers", "1", "--heads", "2",
-        "--dropout", "0.1", "--val-images", "16", "--checkpoint-every", "3", "--warmup-steps", "4"]
+        "--vit-width", "32", "--vit-layers", "1", "--vit-heads", "2", "--decoder-width", "32", "--decoder-layers", "1",
+        "--decoder-heads", "2", "--decoder-dropout", "0.1", "--val-images", "16", "--checkpoint-every", "3",
+        "--warmup-steps", "4"]
 
 
 def run(tmp_path, name, *extra):
@@ -20,14 +24,14 @@ def run(tmp_path, name, *extra):
 
 
 def weights(path):
-    return torch.load(path, weights_only=False)["model"]
+    return torch.load(path, weights_only=True)["model"]
 
 
 @pytest.mark.parametrize("batching", [[], ["--group-by-length"]])
 def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path, batching):
     run(tmp_path, "straight", *batching)
     run(tmp_path, "resumed", "--stop-after", "11", *batching)  # 8 steps an epoch: stops inside the second epoch
-    halfway = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)
+    halfway = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)
     assert halfway["step"] == 11
     train.main(["--out", str(tmp_path / "resumed"), "--resume"])
     a, b = weights(tmp_path / "straight" / "checkpoint.pt"), weights(tmp_path / "resumed" / "checkpoint.pt")
@@ -43,26 +47,25 @@ def test_grouping_by_length_uses_each_caption_once_and_cuts_padding():
     rng = random.Random(0)
     pairs = [(i, [1] * rng.randint(3, 40)) for i in range(1000)]  # (image row, token ids) of random lengths
     lengths = torch.tensor([len(ids) for _, ids in pairs])
-    grouped, plain = train.TrainConfig(batch_size=32, group_by_length=True), train.TrainConfig(batch_size=32)
 
     def padding(batches):  # share of a padded batch that is not caption
         rows = lengths[batches]  # (steps, B)
         return 1 - rows.sum().item() / (rows.max(dim=1).values.sum().item() * batches.size(1))
 
     for epoch in (0, 1):
-        g, r = train.epoch_batches(pairs, grouped, epoch), train.epoch_batches(pairs, plain, epoch)
+        g, r = epoch_batches(pairs, 32, 0, epoch, group_by_length=True), epoch_batches(pairs, 32, 0, epoch)
         assert g.shape == r.shape == (31, 32)  # 1000 // 32 full batches
         assert len(set(g.flatten().tolist())) == 31 * 32  # no caption twice in an epoch
         assert padding(g) < 0.05 and padding(r) > 0.3
         longest = lengths[g].max(dim=1).values.tolist()
         assert longest != sorted(longest)  # the batches themselves come in random order
-    assert torch.equal(train.epoch_batches(pairs, grouped, 0), train.epoch_batches(pairs, grouped, 0))
-    assert not torch.equal(train.epoch_batches(pairs, grouped, 0), train.epoch_batches(pairs, grouped, 1))
+    assert torch.equal(epoch_batches(pairs, 32, 0, 0, True), epoch_batches(pairs, 32, 0, 0, True))
+    assert not torch.equal(epoch_batches(pairs, 32, 0, 0, True), epoch_batches(pairs, 32, 0, 1, True))
 
 
 def test_checkpoint_holds_what_generation_needs_and_logs_are_written(tmp_path):
     run(tmp_path, "r")
-    state = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=False)
+    state = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)
     assert {"model", "optimizer", "model_config", "train_config", "tokenizer", "step", "rng", "preprocess"} <= set(state)
     assert state["step"] == 16 and state["tokenizer"]["kind"] == "word"
     assert not list((tmp_path / "r").glob("*.tmp"))  # written to a temporary file, then renamed
@@ -80,19 +83,18 @@ def test_checkpoint_holds_what_generation_needs_and_logs_are_written(tmp_path):
         n.startswith("decoder.blocks.") and (".cross_attn." in n or ".ln_2." in n))),
 ])
 def test_train_only_changes_nothing_else(tmp_path, part, trained):
-    args = ["--dropout", "0", "--prefix-mapper", "transformer"]  # its blocks have an ln_2 that must stay put
+    args = ["--decoder-dropout", "0", "--decoder-prefix-mapper", "transformer"]  # its blocks have an ln_2 that must stay put
     model = run(tmp_path, part, "--train-only", part, *args)
     torch.manual_seed(0)  # train.py seeds before building the model, so this is its starting point
-    untouched = train.build_model(train.parse_args(TINY + args), model_tokenizer(tmp_path / part), None)
+    config = train.parse_args(TINY + args)
+    untouched = build_caption_model(config.vit, config.decoder, model_tokenizer(tmp_path / part).vocab_size)
     for name, p in model.state_dict().items():
         same = torch.equal(p, untouched.state_dict()[name])
         assert same != trained(name), name
 
 
 def model_tokenizer(out):
-    from data.tokenizer import tokenizer_from_dict
-
-    return tokenizer_from_dict(torch.load(out / "checkpoint.pt", weights_only=False)["tokenizer"])
+    return tokenizer_from_dict(torch.load(out / "checkpoint.pt", weights_only=True)["tokenizer"])
 
 
 @pytest.fixture
@@ -118,8 +120,8 @@ def photo_folder(tmp_path):
 def test_frozen_clip_encoder_stays_frozen(photo_folder, tmp_path, capsys):
     folder, captions = photo_folder
     args = ["--data", str(captions), "--images", str(folder), "--encoder", "clip", "--clip-model", "ViT-S-32",
-            "--clip-pretrained", "none", "--feature-cache", str(tmp_path / "cache"), "--width", "32", "--layers", "1",
-            "--heads", "2", "--epochs", "3", "--batch-size", "6", "--warmup-steps", "1", "--out", str(tmp_path / "c")]
+            "--clip-pretrained", "none", "--feature-cache", str(tmp_path / "cache"), "--decoder-width", "32",
+            "--decoder-layers", "1", "--decoder-heads", "2", "--epochs", "3", "--batch-size", "6", "--warmup-steps", "1", "--out", str(tmp_path / "c")]
     model = train.main(args)
     assert "12.jpg: not an image file" in capsys.readouterr().out  # reported by name, skipped, run goes on
     torch.manual_seed(0)  # train.py seeds before building the random-weight CLIP, so this is the same tower
@@ -128,7 +130,7 @@ def test_frozen_clip_encoder_stays_frozen(photo_folder, tmp_path, capsys):
         assert torch.equal(p, original.state_dict()[name]), name
     assert not any(p.requires_grad for p in model.encoder.parameters())
     assert not model.encoder.training
-    saved = torch.load(tmp_path / "c" / "checkpoint.pt", weights_only=False)
+    saved = torch.load(tmp_path / "c" / "checkpoint.pt", weights_only=True)
     assert saved["model_config"]["frozen_encoder"] and "encoder.proj" in saved["model"]
     cache_folders = list((tmp_path / "cache").iterdir())
     train.main(args)  # a second run reuses the cache
@@ -138,7 +140,7 @@ def test_frozen_clip_encoder_stays_frozen(photo_folder, tmp_path, capsys):
 def test_scratch_encoder_on_a_caption_file(photo_folder, tmp_path):
     folder, captions = photo_folder
     model = run(tmp_path, "s", "--data", str(captions), "--images", str(folder), "--epochs", "30",
-                "--batch-size", "6", "--lr", "3e-3", "--dropout", "0")
+                "--batch-size", "6", "--lr", "3e-3", "--decoder-dropout", "0")
     records = [json.loads(line) for line in open(tmp_path / "s" / "metrics.jsonl")]
     assert records[-1]["val_exact"] == 1.0  # three colours: the captioner learns them
     assert model.encoder is not None and any(p.requires_grad for p in model.encoder.parameters())

@@ -1,0 +1,207 @@
+"""The Python API, and the one captioning path: generate.py, train.py's validation captions, the
+notebooks and the web page all caption through `Captioner`.
+
+    from captioner import Captioner
+    captioner = Captioner.from_pretrained("runs/shapes/model")      # a model folder (or a checkpoint.pt)
+    captioner.caption("photo.jpg", beam=3)                           # -> "a large red square above a small ..."
+    captioner.caption([image, "b.png"], temperature=0.8, num=3)      # PIL images or paths; a list per image
+    result = captioner.caption(image, attention=True)                # words, attention maps per word, rollout
+    captioner.caption(image, region=(10, 40, 120, 200))              # only what is inside the box
+"""
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from data.images import image_transform, load_image, to_rgb
+from data.regions import RegionError, fit_box, mask_region, parse_box, region_patch_mask
+from data.tokenizer import tokenizer_from_dict
+from model.checkpoint import CheckpointError, load_model, save_model_folder
+from model.rollout import attention_rollout
+from model.sampling import DecodingOptions
+
+
+@dataclass
+class Caption:
+    """One image's captions, with where the model looked while writing the first one."""
+
+    texts: list  # the captions; more than one with num > 1
+    words: list  # the words of the first caption
+    cross_attention: torch.Tensor  # (layers, H, words, grid, grid): each word's attention over the patches
+    rollout: torch.Tensor  # (grid, grid) the encoder's attention rollout into the class token
+    view: np.ndarray  # (S, S, 3) in [0, 1]: the image as the model saw it (resized, cropped)
+    region: torch.Tensor = None  # (grid, grid) True for the patches a region caption could look at
+
+    @property
+    def text(self):
+        return self.texts[0]
+
+    def word_maps(self, layer=None):
+        """(words, grid, grid): each word's attention, averaged over heads and over layers (or one layer)."""
+        if self.cross_attention is None:
+            return None  # a decoder without cross-attention (pure ClipCap) has nothing to show
+        maps = self.cross_attention.mean(dim=1)  # (layers, words, grid, grid)
+        return maps.mean(dim=0) if layer is None else maps[layer]
+
+
+@contextmanager
+def evaluating(model):
+    """Eval mode (no dropout) inside the block, the model's previous mode after it."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+class Captioner:
+    """A trained captioning model with its tokenizer and preprocessing: images in, captions out."""
+
+    def __init__(self, model, tokenizer, preprocess):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.preprocess = preprocess  # how images are resized and normalised, as a plain dict
+        self.transform = image_transform(preprocess)
+
+    # -- files ---------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, path, device="cpu"):
+        """Load a model folder (config.json + model.safetensors) or a training checkpoint (checkpoint.pt).
+
+        Raises CheckpointError, one sentence naming the file, for anything unusable. No code in the
+        files is ever run: weights are read as safetensors or with torch.load(weights_only=True).
+        """
+        path = Path(path)
+        model, info = load_model(path, device)
+        return cls.from_model(model, info, path / "config.json" if path.is_dir() else path)
+
+    @classmethod
+    def from_model(cls, model, info, where="model"):
+        """A Captioner of a loaded model and the "tokenizer" and "preprocess" saved with it (in `where`)."""
+        try:
+            tokenizer = tokenizer_from_dict(info["tokenizer"], f"{where}, tokenizer")
+            return cls(model, tokenizer, info["preprocess"])
+        except ValueError as e:
+            raise CheckpointError(str(e)) from None
+        except (KeyError, TypeError) as e:
+            raise CheckpointError(f"{where}: malformed tokenizer or preprocessing ({e!r})") from None
+
+    def save_pretrained(self, folder):
+        """Write a model folder that from_pretrained (and anyone else) can read without running code."""
+        save_model_folder(folder, self.model, self.tokenizer.to_dict(), self.preprocess)
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    def to(self, device):
+        self.model.to(device)
+        return self
+
+    # -- captioning ----------------------------------------------------------------------------
+
+    def texts(self, ids):
+        """(B, T) token ids -> B strings."""
+        return [self.tokenizer.decode(row.tolist()) for row in ids]
+
+    @torch.no_grad()
+    def caption(self, images, *, region=None, region_mask=None, attention=False, batch_size=32, **options):
+        """Caption PIL images or image files (one, or a list).
+
+        options: the fields of model.sampling.DecodingOptions (beam, temperature, top_k, top_p, num, ...).
+        region: (x0, y0, x1, y1) or "x0,y0,x1,y1" in each image's pixels, or region_mask: an image (or
+        its path), white inside the region: caption only what the region holds.
+        attention: return a Caption (texts, words, per-word attention, rollout) instead of strings.
+
+        Returns, per image, a string (a list of num strings when num > 1, a Caption with attention);
+        one such result for one image, a list for a list.
+        """
+        single = not isinstance(images, (list, tuple))
+        items = [images] if single else list(images)
+        options = DecodingOptions(**options)
+        if isinstance(region, str):
+            region = parse_box(region)
+        mask = None
+        if region_mask is not None:  # (the picture, its name for messages)
+            mask = (region_mask, "the region mask") if isinstance(region_mask, Image.Image) else (
+                load_image(region_mask), str(region_mask))
+        generator = torch.Generator(device=self.device).manual_seed(options.seed)
+        results = []
+        with evaluating(self.model):
+            for start in range(0, len(items), batch_size):
+                chunk = items[start : start + batch_size]
+                pictures = [to_rgb(x) if isinstance(x, Image.Image) else load_image(x) for x in chunk]
+                names = [getattr(x, "filename", "") or "the image" if isinstance(x, Image.Image) else Path(x).name
+                         for x in chunk]
+                results += self.caption_pictures(pictures, names, options, region, mask, attention, generator)
+        return results[0] if single else results
+
+    def caption_pictures(self, pictures, names, options, region, mask, attention, generator):
+        """Caption a batch of RGB PIL images (names: for messages); see caption()."""
+        pixels = torch.stack([self.transform(p) for p in pictures]).to(self.device)  # (B, 3, S, S)
+        patch_mask = prefix_images = None
+        if region is not None or mask is not None:
+            patch_mask, prefix_images = self.region_inputs(pictures, names, region, mask)
+        runs = self.model.generate(self.tokenizer.bos_id, self.tokenizer.eos_id, images=pixels, options=options,
+                                   patch_mask=patch_mask, prefix_images=prefix_images, generator=generator)
+        texts = [[self.tokenizer.decode(run[b].tolist()) for run in runs] for b in range(len(pictures))]
+        if attention:
+            return [self.details(pixels[b], runs[0][b], texts[b], patch_mask, prefix_images, b)
+                    for b in range(len(pictures))]
+        return [t if options.num > 1 else t[0] for t in texts]
+
+    def region_inputs(self, pictures, names, region, mask):
+        """For each picture: the patches inside the region (B, N), and the region's crop (B, 3, S, S).
+        region: a box (x0, y0, x1, y1), or mask: (mask picture, its name)."""
+        if self.model.encoder is None:
+            raise RegionError("this model reads precomputed features, so it cannot focus on a region")
+        masks, crops = [], []
+        grid = self.model.encoder.config.grid
+        for picture, name in zip(pictures, names):
+            W, H = picture.size
+            if mask is not None:
+                box, pixel_mask = mask_region(mask[0], W, H, mask[1])
+            else:
+                box, pixel_mask = fit_box(region, W, H, name), None
+            masks.append(region_patch_mask(self.preprocess, W, H, grid, box, pixel_mask))
+            crops.append(self.transform(picture.crop(tuple(round(v) for v in box))))
+        return torch.stack(masks).to(self.device), torch.stack(crops).to(self.device)
+
+    def details(self, pixels, ids, texts, patch_mask, prefix_images, b):
+        """A Caption for image b: per-word cross-attention of its first caption, rollout, the model's view."""
+        ids = ids.tolist()
+        n = ids.index(self.tokenizer.eos_id) if self.tokenizer.eos_id in ids else len(ids)
+        words = [self.tokenizer.decode([i]) for i in ids[:n]]
+        grid = self.model.encoder.config.grid
+        encoded = self.model.encoder(pixels[None], return_attn=True)
+        tokens = torch.tensor([[self.tokenizer.bos_id] + ids[:n]], device=self.device)  # (1, n + 1)
+        cross = self.model.cross_attention(
+            tokens, features=(encoded.pooled, encoded.patches),
+            patch_mask=patch_mask[b : b + 1] if patch_mask is not None else None,
+            prefix_images=prefix_images[b : b + 1] if prefix_images is not None else None)
+        if cross is not None:  # (layers, 1, H, n + 1, N): row i is the query that wrote word i
+            cross = cross[:, 0, :, :n].unflatten(-1, (grid, grid)).float().cpu()  # (layers, H, n, grid, grid)
+        rollout = attention_rollout(encoded.attn)[0].view(grid, grid).float().cpu()
+        mean = torch.tensor(self.preprocess["mean"]).view(3, 1, 1)
+        std = torch.tensor(self.preprocess["std"]).view(3, 1, 1)
+        view = (pixels.float().cpu() * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()  # (S, S, 3)
+        region = patch_mask[b].view(grid, grid).cpu() if patch_mask is not None else None
+        return Caption(texts, words, cross, rollout, view, region)
+
+    @torch.no_grad()
+    def caption_source(self, source, rows, options=DecodingOptions(), batch_size=256):
+        """The first caption of each image row of a training source (data/sources.py): pixels or cached
+        features. What train.py scores after every epoch."""
+        texts = []
+        with evaluating(self.model):
+            for i in range(0, len(rows), batch_size):
+                inputs = source.get(rows[i : i + batch_size], self.device)
+                runs = self.model.generate(self.tokenizer.bos_id, self.tokenizer.eos_id, options=options, **inputs)
+                texts += self.texts(runs[0])
+        return texts

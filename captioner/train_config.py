@@ -1,0 +1,91 @@
+"""Training settings: one dataclass (the component configs nested in it) and named presets.
+
+train.py builds its flags from these fields, so every setting is a flag and `--help` shows each field's
+comment; the benchmarks build the same configuration to measure what train.py runs.
+"""
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from model.caption_model import config_from_dict
+from model.decoder import DecoderConfig
+from model.vit import ViTConfig
+
+
+@dataclass
+class TrainConfig:
+    # data
+    data: str = "shapes"  # "shapes" (built in, generated from the seed) or a caption file
+    images: str = ""  # images folder, for a caption file
+    skip_missing: bool = False  # drop captioned images the folder lacks, instead of stopping
+    shapes_train: int = 20000  # built-in dataset: training images
+    shapes_val: int = 500  # built-in dataset: validation images
+    shapes_test: int = 1000  # built-in dataset: test images, captioned at the end
+    train_on_all_references: bool = False  # built-in dataset: also teach the second word order (slower to learn)
+    # encoder
+    encoder: str = "scratch"  # "scratch": the ViT below, trained with the decoder; "clip": frozen OpenCLIP, cached features
+    clip_model: str = "ViT-B-32"  # OpenCLIP architecture, for --encoder clip
+    clip_pretrained: str = "openai"  # OpenCLIP tag (downloads), a local checkpoint file, or "none" for random weights
+    feature_cache: str = "cache"  # folder of cached CLIP features
+    vit: ViTConfig = field(default_factory=ViTConfig)  # the scratch ViT: --vit-* flags
+    # tokenizer
+    tokenizer: str = "word"  # "word" (vocabulary of the training captions) or "bpe" (OpenCLIP's, 49,408 ids)
+    min_count: int = 1  # word tokenizer: rarer words become <unk>
+    # decoder
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)  # --decoder-* flags
+    # optimisation
+    train_only: str = "all"  # "all", "cross_attention" (cross-attention layers only) or "prefix" (prefix mapper only)
+    epochs: int = 5  # passes over the training captions
+    group_by_length: bool = False  # batches of captions of similar length: far less padding
+    batch_size: int = 128  # captions per step
+    lr: float = 3e-3  # peak learning rate of AdamW, after warm-up; cosine decay to 0
+    weight_decay: float = 0.01  # AdamW's decoupled weight decay
+    warmup_steps: int = 200  # steps of linear warm-up
+    grad_clip: float = 1.0  # gradients are clipped to this global norm
+    label_smoothing: float = 0.0  # share of the target probability spread over the vocabulary
+    amp: bool = True  # bfloat16 autocast, on CUDA only
+    seed: int = 0  # seeds the model, the data order and the built-in dataset
+    device: str = "auto"  # "auto" (CUDA if present), "cpu", "cuda", "cuda:1", ...
+    # evaluation and checkpoints
+    val_images: int = 500  # validation images captioned (and scored) after each epoch
+    out: str = "runs/shapes"  # checkpoint.pt, model/, metrics.jsonl and loss_curve.png go here
+    checkpoint_every: int = 200  # steps between checkpoints; one is also written at the end of every epoch
+    resume: bool = False  # continue from OUT/checkpoint.pt with the settings it was started with
+    stop_after: int = 0  # stop (with a checkpoint) after this many steps; 0 = run to the end
+
+    @classmethod
+    def from_dict(cls, values, where="training config"):
+        """The inverse of dataclasses.asdict; every field must be present and known."""
+        values = dict(config_from_dict(cls, values, where).__dict__)
+        values["vit"] = config_from_dict(ViTConfig, values["vit"], f"{where}, vit")
+        values["decoder"] = config_from_dict(DecoderConfig, values["decoder"], f"{where}, decoder")
+        return cls(**values)
+
+
+PRESETS = {
+    "tiny": dict(  # the default: built-in shapes, a small ViT trained from scratch, minutes on a CPU
+        vit=dict(image_size=32, patch_size=8, width=128, layers=3, heads=4, sincos_init=True),
+        decoder=dict(width=128, layers=2, heads=4, prefix_len=4, max_len=16, dropout=0.0),
+    ),
+    "flickr30k": dict(  # frozen CLIP features and the 6 x 512 decoder (DecoderConfig's defaults): GPU work
+        data="", encoder="clip", min_count=5, epochs=10, group_by_length=True, batch_size=64, lr=3e-4,
+        warmup_steps=1000, label_smoothing=0.1, checkpoint_every=1000, out="runs/flickr30k",
+    ),
+}
+
+# Fields of the component configs that training derives instead of reading from flags, and the
+# nested configs themselves, which have flags of their own.
+DERIVED = {"vit": {"output_dim"}, "decoder": {"vocab_size", "clip_dim", "patch_dim"}, "": {"vit", "decoder"}}
+
+
+def config_with(preset="tiny", **overrides):
+    """TrainConfig of a preset, with overrides; nested configs take dicts of their own fields:
+    config_with("flickr30k", batch_size=32, decoder={"layers": 4})."""
+    values = dataclasses.asdict(TrainConfig())
+    for changes in (PRESETS[preset], overrides):
+        for name, value in changes.items():
+            if name in ("vit", "decoder"):
+                values[name] = dict(values[name], **value)
+            else:
+                values[name] = value
+    return TrainConfig.from_dict(values, f"preset {preset!r}")

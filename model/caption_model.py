@@ -1,0 +1,139 @@
+"""The whole captioning model: an optional ViT and the decoder, from pixels (or cached features) to tokens."""
+
+import dataclasses
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from model.decoder import CaptionDecoder, DecoderConfig
+from model.sampling import DecodingOptions, decode
+from model.vit import ViTConfig, VisionTransformer
+
+
+def config_from_dict(cls, values, where):
+    """cls(**values) for a config dataclass, refusing a missing, unknown or mistyped field in one sentence
+    that names `where` (the file and the part of it the values came from)."""
+    if not isinstance(values, dict):
+        raise ValueError(f"{where}: expected an object of {cls.__name__} fields, found {type(values).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown, missing = sorted(set(values) - set(fields)), sorted(set(fields) - set(values))
+    if unknown:
+        raise ValueError(f"{where}: unknown field {unknown[0]!r} (a {cls.__name__} has {', '.join(fields)})")
+    if missing:
+        raise ValueError(f"{where}: missing field {missing[0]!r}")
+    for name, value in values.items():
+        if not fits(fields[name].type, value):
+            raise ValueError(f"{where}: field {name!r} should be {fields[name].type.__name__}, not {value!r}")
+    return cls(**values)
+
+
+def fits(kind, value):
+    """Whether a value read from JSON suits a config field of type `kind` (None suits any)."""
+    if value is None or kind not in (int, float, bool, str):
+        return True
+    if kind is bool or isinstance(value, bool):
+        return kind is bool and isinstance(value, bool)  # True is an int to Python, not to a config
+    return isinstance(value, (int, float) if kind is float else kind)
+
+
+@dataclass
+class CaptionModelConfig:
+    vit: ViTConfig = None  # the image encoder; None when the model only reads precomputed features
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    frozen_encoder: bool = False  # True for CLIP weights: no gradients, always in eval mode
+
+    def to_dict(self):
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values, where="model config"):
+        """The inverse of to_dict; every field must be present and known (see config_from_dict)."""
+        values = dict(config_from_dict(cls, values, where).__dict__)
+        vit = values["vit"]
+        values["vit"] = config_from_dict(ViTConfig, vit, f"{where}, vit") if vit is not None else None
+        values["decoder"] = config_from_dict(DecoderConfig, values["decoder"], f"{where}, decoder")
+        return cls(**values)
+
+
+class CaptionModel(nn.Module):
+    """Images (or precomputed CLIP features) and caption tokens -> next-token logits; images -> token ids."""
+
+    def __init__(self, config: CaptionModelConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = VisionTransformer(config.vit) if config.vit is not None else None
+        self.decoder = CaptionDecoder(config.decoder)
+        if config.frozen_encoder and self.encoder is not None:
+            self.encoder.requires_grad_(False)
+
+    def train(self, mode=True):
+        super().train(mode)
+        if self.config.frozen_encoder and self.encoder is not None:
+            self.encoder.eval()  # a frozen encoder stays in eval mode while the decoder trains
+        return self
+
+    def encode(self, images):
+        """images: (B, 3, H, W), normalised -> (clip_embed (B, E), patches (B, N, patch_dim))."""
+        if self.encoder is None:
+            raise ValueError("this model has no image encoder: it reads precomputed features")
+        out = self.encoder(images)
+        return out.pooled, out.patches
+
+    def image_inputs(self, images=None, features=None):
+        """What the decoder reads of the images: encoded here from pixels, or given as precomputed
+        features (clip_embed, patches), e.g. from the feature cache."""
+        if (images is None) == (features is None):
+            raise ValueError("pass either images or features (clip_embed, patches)")
+        return self.encode(images) if images is not None else features
+
+    def forward(self, tokens, images=None, features=None, lengths=None, patch_mask=None, return_attn=False):
+        """tokens: (B, T); images: (B, 3, H, W) or features: ((B, E), (B, N, patch_dim))
+        -> DecoderOutput (logits (B, T, V))."""
+        clip_embed, patches = self.image_inputs(images, features)
+        return self.decoder(tokens, clip_embed, patches, lengths, patch_mask, return_attn=return_attn)
+
+    @torch.no_grad()
+    def generate(self, bos_id, eos_id, images=None, features=None, options=DecodingOptions(), patch_mask=None,
+                 prefix_images=None, generator=None):
+        """From pixels (or features) to caption token ids in one call, decoded as `options` say.
+
+        patch_mask: (B, N) patches cross-attention may look at; prefix_images: (B, 3, H, W) whose CLIP
+        embedding makes the prefix instead (a region's crop). -> a list of options.num (B, T_new) tensors.
+        """
+        clip_embed, patches = self.image_inputs(images, features)
+        if prefix_images is not None:
+            clip_embed, _ = self.encode(prefix_images)
+        return decode(self.decoder, clip_embed, patches, bos_id, eos_id, options, patch_mask, generator)
+
+    @torch.no_grad()
+    def cross_attention(self, tokens, images=None, features=None, patch_mask=None, prefix_images=None):
+        """Where each caption position looked: tokens (B, T), the start token then the caption
+        -> (layers, B, H, T, N) cross-attention weights over the patches (row t is the query that
+        predicted token t + 1), or None for a decoder without cross-attention (pure ClipCap)."""
+        clip_embed, patches = self.image_inputs(images, features)
+        if prefix_images is not None:
+            clip_embed, _ = self.encode(prefix_images)
+        out = self.decoder(tokens, clip_embed, patches, patch_mask=patch_mask, return_attn=True)
+        if out.cross_attn[0] is None:
+            return None
+        P = self.decoder.config.prefix_len
+        return torch.stack(out.cross_attn)[:, :, :, P:]  # (layers, B, H, T, N), the caption's rows
+
+
+def build_caption_model(vit: ViTConfig, decoder: DecoderConfig, vocab_size, frozen_vit=None):
+    """A CaptionModel whose decoder fits its encoder and vocabulary.
+
+    Without `frozen_vit`, a ViT of config `vit` trained together with the decoder (its pooled output
+    as wide as its tokens). With `frozen_vit` (a trained VisionTransformer, e.g. CLIP's), a copy of it,
+    frozen; `vit` is then ignored.
+    """
+    if frozen_vit is not None:
+        vit = frozen_vit.config
+    else:
+        vit = dataclasses.replace(vit, output_dim=vit.width)
+    decoder = dataclasses.replace(decoder, vocab_size=vocab_size, clip_dim=vit.output_dim, patch_dim=vit.width)
+    model = CaptionModel(CaptionModelConfig(vit, decoder, frozen_encoder=frozen_vit is not None))
+    if frozen_vit is not None:
+        model.encoder.load_state_dict(frozen_vit.state_dict())
+    return model

@@ -1,0 +1,47 @@
+"""evaluate.py: scores of generate.py's JSON or CSV, or of a model folder captioning the images itself."""
+
+import json
+
+import pytest
+from PIL import Image
+
+import evaluate
+import generate
+from data.shapes import make_split
+
+
+@pytest.fixture(scope="module")
+def scored_folder(tmp_path_factory):
+    """Ten test scenes as PNGs and a Karpathy-format reference file; two of them in the 'val' split."""
+    folder = tmp_path_factory.mktemp("eval")
+    images = []
+    for i, scene in enumerate(make_split("test", 10, 32)):
+        Image.fromarray(scene.image).save(folder / f"{i}.png")
+        images.append({"filename": f"{i}.png", "split": "val" if i < 2 else "test",
+                       "sentences": [{"raw": c} for c in scene.captions]})
+    (folder / "refs.json").write_text(json.dumps({"images": images}))
+    return folder
+
+
+def test_scores_from_captions_files_and_from_a_model_agree(shapes_model, scored_folder, tmp_path):
+    images = [str(scored_folder / f"{i}.png") for i in range(10)]
+    generate.main([str(shapes_model), *images, "--json", str(tmp_path / "c.json"), "--csv", str(tmp_path / "c.csv")])
+    refs = str(scored_folder / "refs.json")
+    from_json = evaluate.main([str(tmp_path / "c.json"), refs, "--split", "test", "--json", str(tmp_path / "s.json")])
+    from_csv = evaluate.main([str(tmp_path / "c.csv"), refs, "--split", "test"])
+    from_model = evaluate.main(["--model", str(shapes_model), "--images", str(scored_folder), refs, "--split", "test"])
+    assert from_json == from_csv == from_model
+    assert json.loads((tmp_path / "s.json").read_text()) == from_json
+    assert from_json["BLEU-4"] > 0.5  # the shared model captions the built-in scenes nearly perfectly
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["missing.json", "refs.json"], "no such captions file"),
+    (["--model", "m", "refs.json"], "--model needs --images"),
+    (["only-one.json"], "give CAPTIONS REFERENCES"),
+])
+def test_bad_arguments_get_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as error:
+        evaluate.main(argv)
+    text = str(error.value.code) + capsys.readouterr().err
+    assert message in text

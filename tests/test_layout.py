@@ -1,0 +1,83 @@
+"""The project's rooms: the commands are leaves, and the library never imports upward.
+
+model/ needs only torch (and safetensors for model files); data/ and metrics/ never drive the model;
+captioner/ (the Python API) sits on model/ and data/; train.py, generate.py and evaluate.py import the
+library and never each other, and nothing else imports them: not the library, not bench/, not the
+notebooks. Only the tests import them, to run a command's main() in-process.
+"""
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMANDS = {"train", "generate", "evaluate"}
+PROJECT = {"model", "data", "metrics", "captioner", "bench", "notebooks", "tests"} | COMMANDS
+
+
+def imported(source):
+    """The top-level names of every module a piece of Python source imports."""
+    names = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def notebook_source(path):
+    """A notebook's code cells as Python, each shell (!) and magic (%) line replaced by `pass`."""
+    cells = ["".join(c["source"]) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+    lines = [line for cell in cells for line in cell.splitlines()]
+    return "\n".join(line[: len(line) - len(line.lstrip())] + "pass" if line.lstrip().startswith(("!", "%")) else line
+                     for line in lines)
+
+
+def sources():
+    """(path relative to the root, the project modules it imports) for every module and notebook."""
+    for path in sorted(ROOT.rglob("*.py")):
+        if ".git" not in path.parts:
+            yield path.relative_to(ROOT), imported(path.read_text()) & PROJECT
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        yield path.relative_to(ROOT), imported(notebook_source(path)) & PROJECT
+
+
+def test_the_import_reader_sees_every_form():
+    assert imported("import train\nfrom generate import main\nimport model.vit as v\nfrom data import x") == {
+        "train", "generate", "model", "data"}
+    assert imported("if True:\n    import evaluate") == {"evaluate"}
+
+
+def test_no_module_imports_a_command():
+    wrong = []
+    for path, names in sources():
+        if path.parts[0] != "tests":  # the tests run the commands' main() in-process
+            wrong += [f"{path} imports {name}.py" for name in sorted(names & COMMANDS - {path.stem})]
+    assert not wrong, "\n".join(wrong)
+
+
+@pytest.mark.parametrize("room, may_import", [
+    ("model", {"model"}),
+    ("data", {"data"}),
+    ("metrics", {"metrics"}),
+    ("captioner", {"captioner", "model", "data"}),
+    ("bench", {"model", "data", "metrics", "captioner"}),
+    ("notebooks", {"model", "data", "metrics", "captioner"}),
+])
+def test_the_library_never_imports_upward(room, may_import):
+    wrong = [f"{path} imports {sorted(names - may_import)}" for path, names in sources()
+             if path.parts[0] == room and len(path.parts) > 1 and names - may_import]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_nothing_but_the_conversion_command_unpickles_freely():
+    """Only `python -m captioner.convert --trust-pickle` may read a file with full unpickling (the user's
+    explicit consent); every other load is weights_only=True or safetensors. Tests are exempt: they build
+    hostile files and prove them hostile."""
+    found = [str(p.relative_to(ROOT)) for p in ROOT.rglob("*") if p.suffix in (".py", ".ipynb")
+             and ".git" not in p.parts and p.parts[len(ROOT.parts)] != "tests"
+             and ("weights_only=False" in p.read_text() or "pickle.load" in p.read_text())]
+    assert found == ["captioner/convert.py"]
