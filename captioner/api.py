@@ -137,7 +137,7 @@ class Captioner:
             for start in range(0, len(items), batch_size):
                 chunk = items[start : start + batch_size]
                 pictures = [to_rgb(x) if isinstance(x, Image.Image) else load_image(x) for x in chunk]
-                names = [getattr(x, "filename", "") or "the image" if isinstance(x, Image.Image) else Path(x).name
+                names = [(getattr(x, "filename", "") or "the image") if isinstance(x, Image.Image) else Path(x).name
                          for x in chunk]
                 results += self.caption_pictures(pictures, names, options, region, mask, attention, generator)
         return results[0] if single else results

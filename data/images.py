@@ -13,6 +13,10 @@ class ImageError(ValueError):
     """An image that cannot be used; the message names the file."""
 
 
+class ImageTooLarge(ImageError):
+    """An image with more pixels than the loader accepts (a decompression bomb, or just too big)."""
+
+
 def to_rgb(image):
     """Any PIL mode -> RGB: 16-bit and float scaled down to 8 bits, transparency laid on white."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
@@ -28,34 +32,36 @@ def to_rgb(image):
     return image.convert("RGB")
 
 
-def load_image(path, max_pixels=MAX_PIXELS):
-    """Read `path` as an RGB PIL image with its EXIF orientation applied.
+def load_image(path, max_pixels=MAX_PIXELS, name=None):
+    """Read `path` (a file name, or a binary file object such as an upload in memory) as an RGB PIL image
+    with its EXIF orientation applied.
 
-    Raises ImageError with the file's name and the reason.
+    Raises ImageError with the file's name (or `name`) and the reason.
     """
+    name = name or path
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies instead
             with Image.open(path) as image:
                 w, h = image.size
                 if w * h > max_pixels:
-                    raise ImageError(f"{path}: {w}x{h} pixels is more than the {max_pixels:,} this loader accepts")
+                    raise ImageTooLarge(f"{name}: {w}x{h} pixels is more than the {max_pixels:,} this loader accepts")
                 if w == 0 or h == 0:
-                    raise ImageError(f"{path}: the image is empty ({w}x{h})")
+                    raise ImageError(f"{name}: the image is empty ({w}x{h})")
                 image = ImageOps.exif_transpose(image)
                 return to_rgb(image)
     except ImageError:
         raise
     except FileNotFoundError:
-        raise ImageError(f"{path}: no such file") from None
+        raise ImageError(f"{name}: no such file") from None
     except IsADirectoryError:
-        raise ImageError(f"{path}: is a folder, not an image") from None
+        raise ImageError(f"{name}: is a folder, not an image") from None
     except UnidentifiedImageError:
-        raise ImageError(f"{path}: not an image file that PIL can read") from None
+        raise ImageError(f"{name}: not an image file that PIL can read") from None
     except Image.DecompressionBombError as e:
-        raise ImageError(f"{path}: too large to decode safely ({e})") from None
+        raise ImageTooLarge(f"{name}: too large to decode safely ({e})") from None
     except (OSError, SyntaxError, ValueError) as e:
-        raise ImageError(f"{path}: damaged or truncated image ({e})") from None
+        raise ImageError(f"{name}: damaged or truncated image ({e})") from None
 
 
 def load_images(paths):

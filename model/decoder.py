@@ -20,9 +20,9 @@ from model.vit import EncoderBlock
 class DecoderConfig:
     vocab_size: int = 49408  # V, OpenCLIP's BPE vocabulary; a word vocabulary is far smaller
     max_len: int = 40  # longest caption in tokens, start and end tokens included
-    width: int = 512  # C
-    layers: int = 6  # decoder blocks
-    heads: int = 8  # H
+    width: int = 512  # C, the width of every token inside the decoder
+    layers: int = 6  # number of decoder blocks
+    heads: int = 8  # H, attention heads per block (self- and cross-attention)
     mlp_ratio: float = 4.0  # MLP hidden width = mlp_ratio * C
     prefix_len: int = 10  # P, prefix tokens made from the CLIP embedding
     clip_dim: int = 512  # E, width of the pooled CLIP embedding
