@@ -36,7 +36,9 @@ def main(argv=None):
         sys.exit(f"error: {e}")
     if captioner.model.encoder is None:
         sys.exit(f"error: {args.model} has no image encoder, so it cannot caption images")
-    app = create_app(captioner, int(args.max_mb * 1e6), args.max_pixels, name=Path(args.model).name)
+    path = Path(args.model).resolve()
+    name = path.parent.name if path.name in ("model", "checkpoint.pt") else path.name  # runs/shapes/model: "shapes"
+    app = create_app(captioner, int(args.max_mb * 1e6), args.max_pixels, name=name)
     print(f"serving {args.model} at http://{args.host}:{args.port}  (the API: /docs; Ctrl+C stops)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 

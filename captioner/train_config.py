@@ -35,10 +35,10 @@ class TrainConfig:
     decoder: DecoderConfig = field(default_factory=DecoderConfig)  # --decoder-* flags
     # optimisation
     train_only: str = "all"  # "all", "cross_attention" (cross-attention layers only) or "prefix" (prefix mapper only)
-    epochs: int = 5  # passes over the training captions
+    epochs: int = 2  # passes over the training captions
     group_by_length: bool = False  # batches of captions of similar length: far less padding
-    batch_size: int = 128  # captions per step
-    lr: float = 3e-3  # peak learning rate of AdamW, after warm-up; cosine decay to 0
+    batch_size: int = 32  # captions per step
+    lr: float = 1e-3  # peak learning rate of AdamW, after warm-up; cosine decay to 0
     weight_decay: float = 0.01  # AdamW's decoupled weight decay
     warmup_steps: int = 200  # steps of linear warm-up
     grad_clip: float = 1.0  # gradients are clipped to this global norm
@@ -64,8 +64,8 @@ class TrainConfig:
 
 PRESETS = {
     "tiny": dict(  # the default: built-in shapes, a small ViT trained from scratch, minutes on a CPU
-        vit=dict(image_size=32, patch_size=8, width=128, layers=3, heads=4, sincos_init=True),
-        decoder=dict(width=128, layers=2, heads=4, prefix_len=4, max_len=16, dropout=0.0),
+        vit=dict(image_size=32, patch_size=8, width=128, layers=3, heads=4, mlp_ratio=2.0, sincos_init=True),
+        decoder=dict(width=128, layers=2, heads=4, mlp_ratio=2.0, prefix_len=4, max_len=16, dropout=0.0),
     ),
     "flickr30k": dict(  # frozen CLIP features and the 6 x 512 decoder (DecoderConfig's defaults): GPU work
         data="", encoder="clip", min_count=5, epochs=10, group_by_length=True, batch_size=64, lr=3e-4,

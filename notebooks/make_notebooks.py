@@ -231,10 +231,10 @@ print("KV cache == full recomputation")"""),
     "05_training.ipynb": [
         ("md", """# 5. Training a captioner on the CPU
 
-We run `train.py` itself, the command a user types, on the built-in data: one epoch, a look at some
-captions, then `--resume` for a second epoch and another look. Together about a minute and a half on 2
-CPU cores; the full default (`python train.py`, 5 epochs) gets 99.7% of the test captions exactly right
-in a few minutes. The captions come from the Python API, `Captioner`, which reads what train.py wrote."""),
+We run `train.py` itself, the command a user types, on part of the built-in data (8,000 of its 20,000
+training scenes): one epoch, a look at some captions, then `--resume` for a second epoch and another
+look. Together under a minute on 2 CPU cores; the full default (`python train.py`) gets over 99% of
+the test captions exactly right in about a minute more. The captions come from the Python API, `Captioner`, which reads what train.py wrote."""),
         ("code", SETUP + """
 import json
 from PIL import Image
@@ -253,8 +253,8 @@ def show_samples(path, title):
         ax.imshow(scene.image); ax.axis("off")
         ax.set_title(f"{ok}: " + caption.replace(" to the", "\\nto the").replace(" above", "\\nabove"), fontsize=8)
     plt.suptitle(title); plt.show()"""),
-        ("md", "One epoch (156 steps of 128 captions), then stop: the checkpoint keeps everything needed to go on."),
-        ("code", """!{sys.executable} ../train.py --epochs 2 --out runs/notebook --stop-after 156
+        ("md", "One epoch (250 steps of 32 captions), then stop: the checkpoint keeps everything needed to go on."),
+        ("code", """!{sys.executable} ../train.py --shapes-train 8000 --out runs/notebook --stop-after 250
 show_samples("runs/notebook/checkpoint.pt", "after one epoch")"""),
         ("code", """!{sys.executable} ../train.py --out runs/notebook --resume
 show_samples("runs/notebook/model", "after two epochs: the model folder train.py writes at the end")"""),
@@ -271,7 +271,7 @@ for r in records:
     "06_decoding_and_attention.ipynb": [
         ("md", """# 6. Decoding strategies, attention pictures, region captions
 
-Uses the model trained in notebook 5 (or trains one, for two epochs, if it is missing), through the
+Uses the model trained in notebook 5 (or trains the same one if it is missing), through the
 Python API: `Captioner.from_pretrained(folder)`, then `captioner.caption(image, ...)`."""),
         ("code", SETUP + """
 from pathlib import Path
@@ -283,7 +283,7 @@ from model.sampling import top_p_filter
 
 model_folder = Path("runs/notebook/model")
 if not model_folder.exists():
-    !{sys.executable} ../train.py --epochs 2 --out runs/notebook
+    !{sys.executable} ../train.py --shapes-train 8000 --out runs/notebook
 captioner = Captioner.from_pretrained(model_folder)
 tokenizer = captioner.tokenizer"""),
         ("md", "## One image, five ways to decode\n\nEach keyword is a field of `model.sampling.DecodingOptions`, as each flag of `generate.py` is."),
@@ -320,7 +320,7 @@ attention_figure(result)"""),
 Cross-attention limited to the patches inside a box, and the prefix made from the crop: a box around
 each object in turn. Be warned: this model had two epochs, and regions are the hardest thing to ask
 of it; it often names the boxed object correctly but then invents a second one. The test suite checks,
-on 32 boxes with a 3-epoch model, that at least 80% of the captions name the boxed object and not the
+on 32 boxes with the main job's model, that at least 80% of the captions name the boxed object and not the
 other (`tests/test_generate.py`)."""),
         ("code", """for obj in scene.objects:
     x0, y0, x1, y1 = (4 * v for v in obj.box)

@@ -25,12 +25,12 @@ def shared_file(*parts):
 
 @pytest.fixture(scope="session")
 def shapes_run(tmp_path_factory):
-    """The output folder of a captioner trained on the built-in shapes for 3 epochs (about two minutes on 2
-    CPU cores): checkpoint.pt and the model folder model/."""
+    """The output folder of the README's main job, `python train.py` (the built-in shapes, about a minute
+    on 2 CPU cores), trained once per test run and shared: checkpoint.pt, model/, metrics.jsonl."""
     import train
 
     out = tmp_path_factory.mktemp("shapes-run")
-    train.main(["--epochs", "3", "--out", str(out)])
+    train.main(["--out", str(out)])
     return out
 
 
@@ -42,3 +42,30 @@ def shapes_checkpoint(shapes_run):
 @pytest.fixture(scope="session")
 def shapes_model(shapes_run):
     return shapes_run / "model"
+
+
+@pytest.fixture(scope="session")
+def live_server(shapes_model):
+    """The web page's app (server/app.py) on the shared model, under uvicorn on a free port of 127.0.0.1,
+    in a thread of this process. Yields its address."""
+    pytest.importorskip("uvicorn", reason="the server's packages are not installed (requirements.txt)")
+    import socket
+    import threading
+
+    import uvicorn
+
+    from captioner import Captioner
+    from server.app import create_app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = create_app(Captioner.from_pretrained(shapes_model), name="shapes")
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        thread.join(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(5)

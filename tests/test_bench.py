@@ -10,7 +10,7 @@ BENCH = sorted((Path(__file__).resolve().parents[1] / "bench").glob("*.py"))
 
 
 def test_there_are_benchmarks():
-    assert len(BENCH) >= 7
+    assert len(BENCH) >= 9
 
 
 @pytest.mark.parametrize("path", BENCH, ids=[p.stem for p in BENCH])

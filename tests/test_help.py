@@ -1,19 +1,24 @@
 """Every command's --help explains every flag: one line of meaning each, with its default, taken from the
 same comment as the config field it sets; the presets' values are shown beside the defaults."""
 
-import subprocess
-import sys
-from pathlib import Path
+import contextlib
+import importlib
+import io
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = [["train.py"], ["generate.py"], ["evaluate.py"], ["-m", "captioner.convert"]]
+COMMANDS = [["train.py"], ["generate.py"], ["evaluate.py"], ["serve.py"], ["-m", "captioner.convert"]]
 
 
 def help_text(command):
-    return subprocess.run([sys.executable, *command, "--help"], capture_output=True, text=True, check=True,
-                          cwd=ROOT, env={"COLUMNS": "200", "PATH": ""}).stdout
+    """What `python COMMAND --help` prints, 200 columns wide, run in-process (each command's main(argv))."""
+    module = importlib.import_module(command[-1].removesuffix(".py"))
+    out = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_status:
+        patch.setenv("COLUMNS", "200")
+        module.main(["--help"])
+    assert exit_status.value.code == 0
+    return out.getvalue()
 
 
 def flag_lines(text):

@@ -125,27 +125,6 @@ def test_the_page_and_its_files_are_served_and_nothing_else(client):
         assert client.get(path).status_code == 404, path
 
 
-@pytest.fixture(scope="module")
-def live_server(captioner):
-    """The app under uvicorn on a free port of 127.0.0.1, in a thread; shared with the browser test."""
-    import socket
-
-    import uvicorn
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(captioner, name="shapes"), host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        thread.join(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(5)
-
-
 def upload(url, data, name):
     """POST one image as multipart/form-data with nothing but the standard library."""
     boundary = uuid.uuid4().hex

@@ -151,3 +151,9 @@ def test_missing_images_stop_the_run_with_a_count(photo_folder, tmp_path):
     (folder / "3.jpg").unlink()
     with pytest.raises(Exception, match=r"1 of 13 captioned images are missing \(first: 3.jpg\)"):
         run(tmp_path, "m", "--data", str(captions), "--images", str(folder))
+
+
+def test_the_main_job_captions_the_test_split_almost_perfectly(shapes_run):
+    """The README's claim for `python train.py`: at least 99% of the 1,000 test scenes captioned exactly."""
+    final = json.loads((shapes_run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert final["test_exact"] >= 0.99, final

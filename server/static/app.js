@@ -62,7 +62,7 @@ async function useImage(blob, name) {
 
 function sizeCanvases() {
   const width = state.bitmap ? state.bitmap.width : 640, height = state.bitmap ? state.bitmap.height : 480;
-  const scale = Math.min(720 / width, 520 / height);
+  const scale = Math.min(640 / width, 420 / height);
   for (const canvas of [$("picture"), $("overlay")]) {
     canvas.width = Math.round(width * scale);
     canvas.height = Math.round(height * scale);
