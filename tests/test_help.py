@@ -50,8 +50,12 @@ def test_every_flag_is_explained(command):
 
 
 def test_train_help_comes_from_the_config_comments_with_preset_values():
+    from captioner.train_config import PRESETS, TrainConfig
+
     text = help_text(["train.py"])
-    assert "captions per step (default: 128; flickr30k: 64)" in text  # TrainConfig.batch_size's comment
+    tiny, flickr = TrainConfig().batch_size, PRESETS["flickr30k"]["batch_size"]
+    assert tiny != flickr  # so the line below shows both values
+    assert f"captions per step (default: {tiny}; flickr30k: {flickr})" in text  # TrainConfig.batch_size's comment
     assert "--decoder-layers INT number of decoder blocks (default: 2)" in " ".join(text.split())  # DecoderConfig.layers
     assert "--vit-patch-size" in text and "--decoder-vocab-size" not in text  # derived fields are not flags
 
