@@ -50,17 +50,42 @@ def padding_mask(lengths, S):
 class AttentionCache:
     """Keys and values kept between decoding steps, (B, H, S, D) each; None until the first step.
 
-    static=False (self-attention): every step appends its keys and values.
-    static=True (cross-attention): computed from the context on the first step, then reused.
+    static=False (self-attention): every step writes its keys and values into buffers made once for
+    `capacity` positions (`append`), so the past is never copied again; k and v are views of the
+    filled part. static=True (cross-attention): computed from the context on the first step, then
+    reused (later steps need not pass the context again).
     """
 
     static: bool = False
+    capacity: int = 0  # positions the buffers hold; they double when a step would overflow them
     k: torch.Tensor = None
     v: torch.Tensor = None
+    buffers: tuple = None  # (keys, values), each (B, H, capacity, D)
+
+    def append(self, k, v):
+        """Write this step's keys and values (B, H, T, D) after the earlier ones; returns all (B, H, S + T, D)."""
+        S, T = (0 if self.k is None else self.k.size(2)), k.size(2)
+        if self.buffers is None or S + T > self.buffers[0].size(2):
+            B, H, _, D = k.shape
+            size = max(self.capacity, 2 * (S + T))
+            grown = tuple(x.new_empty(B, H, size, D) for x in (k, v))
+            for buffer, old in zip(grown, (self.k, self.v)):
+                if S:
+                    buffer[:, :, :S] = old
+            self.buffers = grown
+        keys, values = self.buffers
+        keys[:, :, S : S + T] = k  # in place: no copy of the S earlier positions
+        values[:, :, S : S + T] = v
+        self.k, self.v = keys[:, :, : S + T], values[:, :, : S + T]
+        return self.k, self.v
 
     def reorder(self, index):
         """Keep rows `index` (beam search picks which hypotheses survive)."""
-        if self.k is not None:
+        if self.buffers is not None:
+            S = self.k.size(2)
+            self.buffers = tuple(x[index] for x in self.buffers)
+            self.k, self.v = (x[:, :, :S] for x in self.buffers)
+        elif self.k is not None:
             self.k, self.v = self.k[index], self.v[index]
 
 
@@ -87,24 +112,28 @@ class MultiHeadAttention(nn.Module):
     def forward(self, x, context=None, mask=None, cache=None, return_attn=False):
         """x: (B, T, C) queries; context: (B, S, C) keys/values, or None for self-attention.
 
-        mask broadcasts to (B, H, T, S). With a `cache` (AttentionCache), this step's keys and values
-        are appended to the cached ones, or, for a static cache that is already filled, replace them.
+        mask broadcasts to (B, H, T, S). With a `cache` (AttentionCache), self-attention appends this
+        step's keys and values to the cached ones; cross-attention computes them once and reuses them.
         Returns (out (B, T, C), weights (B, H, T, S) or None).
         """
-        w_q, w_kv = self.in_proj_weight.split([x.size(-1), 2 * x.size(-1)])
-        b_q, b_kv = self.in_proj_bias.split([x.size(-1), 2 * x.size(-1)])
-        q = self.split_heads(F.linear(x, w_q, b_q))  # (B, H, T, D)
-        if cache is not None and cache.static and cache.k is not None:
-            k, v = cache.k, cache.v  # cross-attention: the image does not change between steps
-        else:
-            source = x if context is None else context  # (B, S, C)
-            k, v = F.linear(source, w_kv, b_kv).chunk(2, dim=-1)  # (B, S, C) each
-            k, v = self.split_heads(k), self.split_heads(v)  # (B, H, S, D)
+        C = x.size(-1)
+        cross = context is not None or (cache is not None and cache.static)
+        if not cross:  # self-attention: one matrix product makes the queries, keys and values
+            q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)  # (B, T, C) each
+            q, k, v = self.split_heads(q), self.split_heads(k), self.split_heads(v)  # (B, H, T, D)
             if cache is not None:
-                if not cache.static and cache.k is not None:
-                    k = torch.cat([cache.k, k], dim=2)  # (B, H, S_past + T, D)
-                    v = torch.cat([cache.v, v], dim=2)
-                cache.k, cache.v = k, v
+                k, v = cache.append(k, v)  # (B, H, S_past + T, D): every position so far
+        else:  # cross-attention: queries from x, keys and values from the context
+            w_q, w_kv = self.in_proj_weight.split([C, 2 * C])
+            b_q, b_kv = self.in_proj_bias.split([C, 2 * C])
+            q = self.split_heads(F.linear(x, w_q, b_q))  # (B, H, T, D)
+            if cache is not None and cache.k is not None:
+                k, v = cache.k, cache.v  # the image does not change between steps
+            else:
+                k, v = F.linear(context, w_kv, b_kv).chunk(2, dim=-1)  # (B, S, C) each
+                k, v = self.split_heads(k), self.split_heads(v)  # (B, H, S, D)
+                if cache is not None:
+                    cache.k, cache.v = k, v
         if self.fused and not return_attn:
             out, weights = F.scaled_dot_product_attention(q, k, v, attn_mask=mask), None  # (B, H, T, D)
         else:

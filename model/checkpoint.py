@@ -138,6 +138,8 @@ def load_model(path, device="cpu"):
     path = Path(path)
     if path.is_dir():
         return load_model_folder(path, device)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such model folder or checkpoint (train one with `python train.py`)")
     state = load_checkpoint(path)
     model = model_from_state(state["model_config"], state["model"], f"{path} (model_config)", path)
     return model.to(device).eval(), state

@@ -102,15 +102,18 @@ class DecoderBlock(nn.Module):
 class KVCache:
     """Per-layer keys and values for incremental decoding, and how many positions they cover."""
 
-    def __init__(self, layers):
-        self.layers = [(AttentionCache(), AttentionCache(static=True)) for _ in range(layers)]
+    def __init__(self, layers, capacity=0):
+        self.layers = [(AttentionCache(capacity=capacity), AttentionCache(static=True)) for _ in range(layers)]
         self.length = 0  # positions (prefix included) already processed
 
-    def reorder(self, index):
-        """Keep batch rows `index`, e.g. to follow the beams that survive a step of beam search."""
+    def reorder(self, index, images_too=True):
+        """Keep batch rows `index`, e.g. to follow the beams that survive a step of beam search.
+        images_too=False leaves the cross-attention keys and values alone: right when every row
+        of `index` comes from a row showing the same image, as between the beams of one image."""
         for self_cache, cross_cache in self.layers:
             self_cache.reorder(index)
-            cross_cache.reorder(index)
+            if images_too:
+                cross_cache.reorder(index)
 
 
 class CaptionDecoder(nn.Module):
@@ -128,8 +131,9 @@ class CaptionDecoder(nn.Module):
         self.ln_f = nn.LayerNorm(c.width)
         nn.init.normal_(self.token_embedding.weight, std=0.02)
 
-    def new_cache(self):
-        return KVCache(self.config.layers)
+    def new_cache(self, max_tokens=None):
+        """An empty KVCache with room for the prefix and max_tokens caption tokens (default: max_len)."""
+        return KVCache(self.config.layers, capacity=self.config.prefix_len + (max_tokens or self.config.max_len))
 
     def forward(self, tokens, clip_embed, patches=None, lengths=None, patch_mask=None, cache=None,
                 return_attn=False):
@@ -149,10 +153,13 @@ class CaptionDecoder(nn.Module):
         if first:
             x = torch.cat([self.prefix(clip_embed).to(x.dtype), x], dim=1)  # (B, L, C)
             mask = prefix_lm_mask(P, T, device=x.device)  # (L, L): prefix seen whole, caption causal
-        else:
+        elif T > 1:
             mask = causal_mask(T, cache.length + T, device=x.device)  # (T, S): all earlier positions
+        else:
+            mask = None  # one new token may look at every position before it: nothing to mask
         if lengths is not None:
-            mask = mask & padding_mask(P + start + lengths, mask.size(-1))  # (B, 1, L, S)
+            keys = padding_mask(P + start + lengths, P + start + T)  # (B, 1, 1, S)
+            mask = keys if mask is None else mask & keys  # (B, 1, L, S)
         memory = None
         if self.config.cross_attention and first:
             if patches is None:

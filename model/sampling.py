@@ -32,6 +32,43 @@ def top_p_filter(logits, p):
     return logits.masked_fill(~keep, float("-inf"))
 
 
+def repetition_penalty_filter(logits, tokens, penalty):
+    """Make every token already in a row's caption less likely: its logit is divided by `penalty`
+    when positive and multiplied by it when negative (CTRL's rule, as in Hugging Face's
+    `repetition_penalty`). penalty 1.0 changes nothing; above 1 discourages repeats.
+
+    logits: (B, V), tokens: (B, t) the row's caption so far (its start token included) -> (B, V).
+    """
+    seen = torch.zeros_like(logits, dtype=torch.bool).scatter(1, tokens, True)  # (B, V), per row
+    penalised = torch.where(logits < 0, logits * penalty, logits / penalty)
+    return torch.where(seen, penalised, logits)
+
+
+def no_repeat_ngram_filter(logits, tokens, n):
+    """Forbid any token that would repeat an n-gram already in the row's caption: if the last n - 1
+    tokens occurred before, the tokens that followed them then are set to -inf (Hugging Face's
+    `no_repeat_ngram_size`). n = 0 turns it off; n = 1 forbids every token already used.
+
+    logits: (B, V), tokens: (B, t) the row's caption so far (its start token included) -> (B, V).
+    """
+    t = tokens.size(1)
+    if n == 0 or t < n:
+        return logits
+    ngrams = tokens.unfold(1, n, 1)  # (B, t - n + 1, n), every n-gram of each row
+    last = tokens[:, t - n + 1:]  # (B, n - 1), the start of the n-gram the next token would complete
+    same_start = (ngrams[:, :, :-1] == last[:, None]).all(dim=-1)  # (B, t - n + 1)
+    # count, per row and token, the earlier n-grams that began like this one and ended with that token
+    count = torch.zeros_like(logits, dtype=torch.long).scatter_add(1, ngrams[:, :, -1], same_start.long())
+    return logits.masked_fill(count > 0, float("-inf"))
+
+
+def repetition_filters(logits, tokens, repetition_penalty=1.0, no_repeat_ngram_size=0):
+    """Both repetition controls, applied to the raw logits before any temperature, top-k or top-p."""
+    if repetition_penalty != 1.0:
+        logits = repetition_penalty_filter(logits, tokens, repetition_penalty)
+    return no_repeat_ngram_filter(logits, tokens, no_repeat_ngram_size)
+
+
 def next_token(logits, temperature=0.0, top_k=None, top_p=None, generator=None):
     """Pick one token per row. temperature 0 is greedy (argmax); otherwise sample from
     softmax(filtered logits / temperature). logits: (B, V) -> (B,)."""
@@ -48,7 +85,8 @@ def next_token(logits, temperature=0.0, top_k=None, top_p=None, generator=None):
 
 @torch.no_grad()
 def sample(decoder, clip_embed, patches, bos_id, eos_id, max_new_tokens=None, temperature=0.0,
-             top_k=None, top_p=None, generator=None, patch_mask=None, use_cache=True):
+           top_k=None, top_p=None, generator=None, patch_mask=None, use_cache=True,
+           repetition_penalty=1.0, no_repeat_ngram_size=0):
     """Caption a batch token by token. Each row stops at its end token (later positions are filled
     with eos_id); the loop ends when every row has stopped or after max_new_tokens.
 
@@ -61,10 +99,11 @@ def sample(decoder, clip_embed, patches, bos_id, eos_id, max_new_tokens=None, te
     max_new_tokens = min(max_new_tokens, decoder.config.max_len - 1)
     tokens = torch.full((B, 1), bos_id, dtype=torch.long, device=device)  # (B, 1)
     done = torch.zeros(B, dtype=torch.bool, device=device)
-    cache = decoder.new_cache() if use_cache else None
+    cache = decoder.new_cache(1 + max_new_tokens) if use_cache else None  # start token + new ones
     for _ in range(max_new_tokens):
         inputs = tokens[:, -1:] if use_cache and cache.length > 0 else tokens  # (B, 1) or (B, t)
         logits = decoder(inputs, clip_embed, patches, patch_mask=patch_mask, cache=cache).logits[:, -1]  # (B, V)
+        logits = repetition_filters(logits, tokens, repetition_penalty, no_repeat_ngram_size)
         new = next_token(logits, temperature, top_k, top_p, generator)  # (B,)
         new = new.masked_fill(done, eos_id)  # finished rows only repeat the end token
         tokens = torch.cat([tokens, new[:, None]], dim=1)  # (B, t + 1)
@@ -76,7 +115,7 @@ def sample(decoder, clip_embed, patches, bos_id, eos_id, max_new_tokens=None, te
 
 @torch.no_grad()
 def beam_search(decoder, clip_embed, patches, bos_id, eos_id, beam_size=3, max_new_tokens=None,
-                length_penalty=1.0, patch_mask=None):
+                length_penalty=1.0, patch_mask=None, repetition_penalty=1.0, no_repeat_ngram_size=0):
     """Keep the beam_size best partial captions per image, ranked by log-probability / length ** length_penalty.
 
     clip_embed: (B, E), patches: (B, N, patch_dim) or None, patch_mask: (B, N) or None
@@ -93,14 +132,15 @@ def beam_search(decoder, clip_embed, patches, bos_id, eos_id, beam_size=3, max_n
     logp[:, 1:] = float("-inf")  # all beams start identical: let only the first one expand at step one
     length = torch.zeros(B, K, device=device)  # tokens generated, the end token included
     done = torch.zeros(B, K, dtype=torch.bool, device=device)
-    cache = decoder.new_cache()
+    cache = decoder.new_cache(1 + max_new_tokens)  # start token + new ones
+    V = decoder.config.vocab_size
+    only_eos = torch.full((V,), float("-inf"), device=device)  # a finished beam's next-token log-probabilities
+    only_eos[eos_id] = 0.0
     for _ in range(max_new_tokens):
         inputs = tokens[:, -1:] if cache.length else tokens  # (B*K, 1) after the first step
         logits = decoder(inputs, clip_embed, patches, patch_mask=patch_mask, cache=cache).logits
-        step = logits[:, -1].float().log_softmax(dim=-1).view(B, K, -1)  # (B, K, V)
-        V = step.size(-1)
-        only_eos = torch.full((V,), float("-inf"), device=device)
-        only_eos[eos_id] = 0.0
+        logits = repetition_filters(logits[:, -1].float(), tokens, repetition_penalty, no_repeat_ngram_size)
+        step = logits.log_softmax(dim=-1).view(B, K, -1)  # (B, K, V)
         step = torch.where(done[..., None], only_eos, step)  # a finished beam continues only with eos, for free
         candidates = logp[..., None] + step  # (B, K, V)
         new_length = length + (~done).float()  # (B, K)
@@ -111,7 +151,7 @@ def beam_search(decoder, clip_embed, patches, bos_id, eos_id, beam_size=3, max_n
         length = new_length.gather(1, beam)
         done = done.gather(1, beam) | (token == eos_id)
         index = (torch.arange(B, device=device)[:, None] * K + beam).view(-1)  # (B*K,), surviving beams' rows
-        cache.reorder(index)
+        cache.reorder(index, images_too=False)  # the surviving beams of an image all show that image
         tokens = torch.cat([tokens[index], token.view(-1, 1)], dim=1)  # (B*K, t + 1)
         if done.all():
             break
@@ -133,6 +173,8 @@ class DecodingOptions:
     num: int = 1  # captions per image (more than one needs sampling)
     max_len: int = None  # most new tokens per caption; default: as many as the model allows
     seed: int = 0  # seeds the sampling, so the same call gives the same captions
+    repetition_penalty: float = 1.0  # above 1 makes words already in the caption less likely (1: off)
+    no_repeat_ngram_size: int = 0  # n above 0: no sequence of n words appears twice in a caption (0: off)
 
     def __post_init__(self):
         """Refuse settings that contradict each other or would silently do nothing, in one sentence."""
@@ -148,6 +190,8 @@ class DecodingOptions:
             ((self.top_k is not None or self.top_p is not None) and not sampling,
              "top_k and top_p filter what is sampled: set a temperature above 0 (e.g. 0.8)"),
             (self.max_len is not None and self.max_len < 1, f"max_len must be at least 1, not {self.max_len}"),
+            (self.repetition_penalty <= 0, f"repetition_penalty must be above 0, not {self.repetition_penalty}"),
+            (self.no_repeat_ngram_size < 0, f"no_repeat_ngram_size must be 0 (off) or more, not {self.no_repeat_ngram_size}"),
         ]
         for wrong, message in problems:
             if wrong:
@@ -162,7 +206,8 @@ def decode(decoder, clip_embed, patches, bos_id, eos_id, options=DecodingOptions
     -> a list of options.num tensors (B, T_new) of token ids, without the start token.
     generator: for sampling; by default a new one seeded with options.seed.
     """
-    common = dict(bos_id=bos_id, eos_id=eos_id, max_new_tokens=options.max_len, patch_mask=patch_mask)
+    common = dict(bos_id=bos_id, eos_id=eos_id, max_new_tokens=options.max_len, patch_mask=patch_mask,
+                  repetition_penalty=options.repetition_penalty, no_repeat_ngram_size=options.no_repeat_ngram_size)
     if options.beam > 1:
         tokens, _ = beam_search(decoder, clip_embed, patches, beam_size=options.beam,
                                 length_penalty=options.length_penalty, **common)

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.testing import assert_close
 
-from model.attention import MultiHeadAttention, attention, causal_mask, padding_mask
+from model.attention import AttentionCache, MultiHeadAttention, attention, causal_mask, padding_mask
 
 B, T, S, C, H = 3, 5, 7, 16, 4
 
@@ -106,3 +106,21 @@ def test_masked_keys_do_not_change_the_output():
     assert_close(out, out2)
     out3, _ = ours(x, changed)  # without the mask the garbage does matter
     assert not torch.allclose(out, out3)
+
+
+@pytest.mark.parametrize("capacity", [0, 3, 16])
+def test_the_cache_is_written_in_place_and_grows_when_full(capacity):
+    """Step-by-step self-attention through an AttentionCache equals one causal pass, whether the
+    buffers hold every position from the start (written in place, never reallocated) or must grow."""
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(16, 2).eval()
+    x = torch.randn(3, 9, 16)
+    full, _ = mha(x, mask=causal_mask(9))
+    cache = AttentionCache(capacity=capacity)
+    steps = [mha(x[:, :2], mask=causal_mask(2), cache=cache)[0]]
+    first_buffer = cache.buffers[0].data_ptr()
+    for t in range(2, 9):
+        steps.append(mha(x[:, t : t + 1], cache=cache)[0])
+    assert_close(torch.cat(steps, dim=1), full)
+    assert cache.k.shape == (3, 2, 9, 8)
+    assert (cache.buffers[0].data_ptr() == first_buffer) == (capacity >= 9)  # reallocated only when full
