@@ -1,6 +1,7 @@
 """The web page's JSON API, in-process and through a real server: every endpoint, every bad upload, and
 32 requests at once, each answered with its own image's caption."""
 
+import dataclasses
 import io
 import json
 import threading
@@ -15,6 +16,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from captioner import Captioner  # noqa: E402
 from data.shapes import make_split  # noqa: E402
+from model.sampling import DecodingOptions  # noqa: E402
 from server.app import create_app  # noqa: E402
 
 SCALE = 4
@@ -51,8 +53,9 @@ def post(client, data, name="scene.png", **fields):
 
 def test_model_info_lists_every_decoding_option(client, captioner):
     info = client.get("/api/model").json()
-    assert [o["name"] for o in info["options"]] == ["beam", "length_penalty", "temperature", "top_k", "top_p", "num",
-                                                    "max_len", "seed"]
+    assert [o["name"] for o in info["options"]] == [f.name for f in dataclasses.fields(DecodingOptions)]
+    assert {"beam", "temperature", "top_k", "top_p", "num", "seed", "no_repeat_ngram_size"} <= {
+        o["name"] for o in info["options"]}
     assert all(o["help"] for o in info["options"])
     decoder = captioner.model.decoder.config
     assert (info["layers"], info["heads"], info["grid"]) == (decoder.layers, decoder.heads, 4)
@@ -81,6 +84,8 @@ def test_every_decoding_option_and_regions(client, captioner, scenes):
     assert sampled["captions"] == captioner.caption(image, temperature=1.5, top_k=5, top_p=0.9, num=3, seed=7,
                                                     max_len=8)
     assert len(sampled["captions"]) == 3
+    repeats = post(client, data, beam="2", no_repeat_ngram_size="1", repetition_penalty="1.5").json()
+    assert repeats["captions"] == [captioner.caption(image, beam=2, no_repeat_ngram_size=1, repetition_penalty=1.5)]
     x0, y0, x1, y1 = (SCALE * v for v in scenes[1].objects[0].box)
     region = post(client, data, region=f"{x0},{y0},{x1 + 1},{y1 + 1}", attention="false").json()
     assert region["captions"] == [captioner.caption(image, region=(x0, y0, x1 + 1, y1 + 1))]

@@ -36,7 +36,7 @@ async function loadModel() {
     input.step = option.type === "float" ? "any" : "1";
     input.placeholder = option.default === null ? "default" : String(option.default);
     input.addEventListener("change", () => caption());
-    label.append(option.name.replace("_", " "), input);
+    label.append(option.name.replaceAll("_", " "), input);
     fields.append(label);
   }
   for (let layer = 0; layer < m.layers; layer++) {
