@@ -39,7 +39,7 @@ def read_generated(path):
 def caption_with_model(args, names):
     """{image file name: caption} of the named images in --images, captioned by --model."""
     try:
-        captioner = Captioner.from_pretrained(args.model, pick_device(args.device))
+        captioner = Captioner.from_pretrained(args.model, pick_device(args.device), for_images=True)
     except CheckpointError as e:
         raise SystemExit(f"error: {e}") from None
     loaded, errors = load_images([Path(args.images) / name for name in names])

@@ -71,11 +71,9 @@ def find_images(patterns):
 def main(argv=None):
     args = parse_args(argv)
     try:
-        captioner = Captioner.from_pretrained(args.model, pick_device(args.device))
+        captioner = Captioner.from_pretrained(args.model, pick_device(args.device), for_images=True)
     except CheckpointError as e:
         sys.exit(f"error: {e}")
-    if captioner.model.encoder is None:
-        sys.exit(f"error: {args.model} has no image encoder, so it cannot caption image files")
     layer = None if args.layer == "mean" else int(args.layer)
     paths = find_images(args.images)
     if not paths:

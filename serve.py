@@ -31,11 +31,9 @@ def main(argv=None):
     from server.app import create_app
 
     try:
-        captioner = Captioner.from_pretrained(args.model, pick_device(args.device))
+        captioner = Captioner.from_pretrained(args.model, pick_device(args.device), for_images=True)
     except CheckpointError as e:
         sys.exit(f"error: {e}")
-    if captioner.model.encoder is None:
-        sys.exit(f"error: {args.model} has no image encoder, so it cannot caption images")
     path = Path(args.model).resolve()
     name = path.parent.name if path.name in ("model", "checkpoint.pt") else path.name  # runs/shapes/model: "shapes"
     app = create_app(captioner, int(args.max_mb * 1e6), args.max_pixels, name=name)

@@ -71,14 +71,18 @@ class Captioner:
     # -- files ---------------------------------------------------------------------------------
 
     @classmethod
-    def from_pretrained(cls, path, device="cpu"):
+    def from_pretrained(cls, path, device="cpu", for_images=False):
         """Load a model folder (config.json + model.safetensors) or a training checkpoint (checkpoint.pt).
 
-        Raises CheckpointError, one sentence naming the file, for anything unusable. No code in the
-        files is ever run: weights are read as safetensors or with torch.load(weights_only=True).
+        Raises CheckpointError, one sentence naming the file, for anything unusable, and with
+        for_images=True for a model that reads only precomputed features. No code in the files is
+        ever run: weights are read as safetensors or with torch.load(weights_only=True).
         """
         path = Path(path)
         model, info = load_model(path, device)
+        if for_images and model.encoder is None:
+            raise CheckpointError(f"{path} has no image encoder (it reads precomputed features), "
+                                  "so it cannot caption image files")
         return cls.from_model(model, info, path / "config.json" if path.is_dir() else path)
 
     @classmethod

@@ -199,3 +199,25 @@ def test_convert_an_old_checkpoint(shapes_checkpoint, shapes_model, scene_png, t
         convert([str(old), str(tmp_path / "b")])
     convert([str(old), str(tmp_path / "b"), "--trust-pickle"])
     assert Captioner.from_pretrained(tmp_path / "b").caption(scene_png) == converted.caption(scene_png)
+
+
+def test_a_model_without_an_image_encoder_is_refused_by_every_command_that_reads_images(shapes_model, scene_png,
+                                                                                        tmp_path, capsys):
+    import evaluate
+    import serve
+
+    captioner = Captioner.from_pretrained(shapes_model)
+    captioner.model.encoder, captioner.model.config.vit = None, None  # reads precomputed features only
+    folder = tmp_path / "features-only"
+    captioner.save_pretrained(folder)
+    assert Captioner.from_pretrained(folder).model.encoder is None  # fine for features
+    (tmp_path / "refs.json").write_text(json.dumps({"images": [
+        {"filename": scene_png.name, "split": "test", "sentences": [{"raw": "a scene"}]}]}))  # Karpathy's format
+    for command in (lambda: generate.main([str(folder), str(scene_png)]),
+                    lambda: serve.main([str(folder)]),
+                    lambda: evaluate.main(["--model", str(folder), "--images", str(scene_png.parent),
+                                           str(tmp_path / "refs.json")])):
+        with pytest.raises(SystemExit) as stop:
+            command()
+        assert str(stop.value) == f"error: {folder} has no image encoder (it reads precomputed features), " \
+                                  "so it cannot caption image files"
