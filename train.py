@@ -5,7 +5,8 @@
     python train.py --out runs/shapes --resume   # continue exactly where a run stopped
 
 Writes OUT/checkpoint.pt (for --resume), OUT/model/ (config.json + model.safetensors: the model to
-share, caption with and serve), metrics.jsonl and loss_curve.png.
+share, caption with and serve), OUT/best/ (the same, for the epoch with the best validation score),
+metrics.jsonl and loss_curve.png.
 
 Reads top to bottom: configuration, data, model, evaluation, checkpoints, the training loop.
 """
@@ -71,6 +72,10 @@ def parse_args(argv=None):
     config = config_with(args.preset, **given)
     if config.data != "shapes" and not (config.data and config.images):
         parser.error("a caption file needs --data CAPTIONS and --images FOLDER")
+    if config.best_metric not in BEST_METRICS:
+        parser.error(f"--best-metric must be one of {', '.join(BEST_METRICS)}, not {config.best_metric!r}")
+    if config.grad_accum < 1 or config.grad_accum > config.batch_size:
+        parser.error(f"--grad-accum must be between 1 and the batch size ({config.batch_size}), not {config.grad_accum}")
     if config.encoder == "clip" and config.data == "shapes":
         parser.error("--encoder clip reads an images folder; use it with --data CAPTIONS --images FOLDER")
     return config
@@ -154,6 +159,14 @@ def caption_scores(captions, references):
     return float(exact), score_captions(captions, references)
 
 
+BEST_METRICS = {"CIDEr-D": "val_CIDEr-D", "BLEU-4": "val_BLEU-4", "exact": "val_exact", "loss": "val_loss"}
+
+
+def is_better(metric, score, best):
+    """Whether a validation score beats the best so far (None: there is none yet); lower is better for loss."""
+    return best is None or (score < best if metric == "loss" else score > best)
+
+
 def validate(captioner, source, val, val_pairs, config, device):
     """The epoch-end record: teacher-forced loss and accuracy, then greedy captions scored."""
     pad = captioner.tokenizer.pad_id
@@ -173,8 +186,9 @@ def validate(captioner, source, val, val_pairs, config, device):
 # --resume reads them with torch.load(weights_only=True). The model folder is written at the end.
 
 
-def checkpoint_state(model, optimizer, config, tokenizer, step, preprocess):
+def checkpoint_state(model, optimizer, config, tokenizer, step, preprocess, best):
     return {
+        "best": best,  # the best validation score so far and the validations since it
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "model_config": model.config.to_dict(),
@@ -247,10 +261,11 @@ def main(argv=None):
     steps_per_epoch = len(train_pairs) // config.batch_size
     total_steps = steps_per_epoch * config.epochs
     step = 0
+    best = {"score": None, "stale": 0}  # best validation score of config.best_metric, validations since it
     if resumed is not None:
         model.load_state_dict(resumed["model"])
         optimizer.load_state_dict(resumed["optimizer"])
-        step = resumed["step"]
+        step, best = resumed["step"], resumed["best"]
         torch.set_rng_state(resumed["rng"])
         if resumed["cuda_rng"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(resumed["cuda_rng"])
@@ -270,26 +285,41 @@ def main(argv=None):
             order = epoch_batches(train_pairs, config.batch_size, config.seed, epoch, config.group_by_length)
         batch = get_batch([train_pairs[i] for i in order[offset].tolist()], source, tokenizer.pad_id, device)
         loss = train_step(model, optimizer, params, batch, lr_at(step, config, total_steps), config.grad_clip,
-                          config.label_smoothing, config.amp)
+                          config.label_smoothing, config.amp, config.grad_accum)
         step += 1
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}", epoch=epoch + 1)
         record = {"step": step, "epoch": epoch + 1, "train_loss": round(loss.item(), 5),
                   "lr": optimizer.param_groups[0]["lr"]}
         epoch_end = step % steps_per_epoch == 0
+        patience_ran_out = False
         if epoch_end:
             scores, summary = validate(captioner, source, splits["val"], val_pairs, config, device)
             record.update(scores)
+            score = scores[BEST_METRICS[config.best_metric]]
+            if is_better(config.best_metric, score, best["score"]):
+                best = {"score": score, "stale": 0}
+                captioner.save_pretrained(out / "best")  # the best model so far, kept beside the last one
+                record["best"] = True
+                summary += f"; best {config.best_metric} so far, kept in {out / 'best'}"
+            else:
+                best["stale"] += 1
+                patience_ran_out = config.patience and best["stale"] >= config.patience
             tqdm.write(f"epoch {epoch + 1}: {summary}  ({time.time() - started:.0f}s)")
         with open(log_path, "a") as f:
             f.write(json.dumps(record) + "\n")
         stopping = config.stop_after and step >= config.stop_after
         if epoch_end or step % config.checkpoint_every == 0 or step == total_steps or stopping:
-            save_checkpoint(checkpoint_path, checkpoint_state(model, optimizer, config, tokenizer, step, preprocess))
+            save_checkpoint(checkpoint_path,
+                            checkpoint_state(model, optimizer, config, tokenizer, step, preprocess, best))
         if stopping:
             bar.close()
             print(f"stopped after step {step}; continue with --resume")
             return model
+        if patience_ran_out:
+            tqdm.write(f"no better {config.best_metric} in {config.patience} validations: stopping early "
+                       f"(the best model is in {out / 'best'})")
+            break
     bar.close()
     write_loss_curve(log_path, out / "loss_curve.png")
     captioner.save_pretrained(out / "model")

@@ -42,6 +42,7 @@ class TrainConfig:
     weight_decay: float = 0.01  # AdamW's decoupled weight decay
     warmup_steps: int = 200  # steps of linear warm-up
     grad_clip: float = 1.0  # gradients are clipped to this global norm
+    grad_accum: int = 1  # run each batch as this many micro-batches, one after another: the same step, less memory
     label_smoothing: float = 0.0  # share of the target probability spread over the vocabulary
     amp: bool = True  # bfloat16 autocast, on CUDA only
     seed: int = 0  # seeds the model, the data order and the built-in dataset
@@ -50,6 +51,8 @@ class TrainConfig:
     val_images: int = 500  # validation images captioned (and scored) after each epoch
     out: str = "runs/shapes"  # checkpoint.pt, model/, metrics.jsonl and loss_curve.png go here
     checkpoint_every: int = 200  # steps between checkpoints; one is also written at the end of every epoch
+    best_metric: str = "CIDEr-D"  # validation score that picks the best model, kept in OUT/best/: CIDEr-D, BLEU-4, exact or loss
+    patience: int = 0  # stop early after this many validations in a row without a better best_metric; 0 = never
     resume: bool = False  # continue from OUT/checkpoint.pt with the settings it was started with
     stop_after: int = 0  # stop (with a checkpoint) after this many steps; 0 = run to the end
 

@@ -9,22 +9,41 @@ import torch
 import torch.nn.functional as F
 
 
-def train_step(model, optimizer, params, batch, lr, grad_clip=1.0, label_smoothing=0.0, amp=True):
+def micro_batches(batch, n):
+    """Split a batch into n parts along its rows (the last may be smaller); inputs' tensors are split alike."""
+    inputs, tokens, targets, lengths = batch
+    size = -(-tokens.size(0) // n)  # rows per part, rounded up
+
+    def rows(x, i):
+        return tuple(t[i : i + size] for t in x) if isinstance(x, (tuple, list)) else x[i : i + size]
+
+    return [({k: rows(v, i) for k, v in inputs.items()}, tokens[i : i + size], targets[i : i + size],
+             lengths[i : i + size]) for i in range(0, tokens.size(0), size)]
+
+
+def train_step(model, optimizer, params, batch, lr, grad_clip=1.0, label_smoothing=0.0, amp=True, accumulate=1):
     """One step of AdamW (or any optimizer) on one batch; returns the loss (a tensor, not yet synchronised).
 
-    amp: bfloat16 autocast, on CUDA only.
+    The loss is the mean cross-entropy over the batch's caption tokens. accumulate=N runs the batch as
+    N micro-batches, one after another, adding their gradients: each micro-batch's summed loss is divided
+    by the token count of the whole batch, so the step is the one a single big batch would take, with
+    a Nth of the memory. amp: bfloat16 autocast, on CUDA only.
     """
-    inputs, tokens, targets, lengths = batch
     for group in optimizer.param_groups:
         group["lr"] = lr
-    with torch.autocast(tokens.device.type, dtype=torch.bfloat16, enabled=amp and tokens.device.type == "cuda"):
-        logits = model(tokens, lengths=lengths, **inputs).logits  # (B, T, V)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), label_smoothing=label_smoothing)
+    tokens_in_batch = (batch[2] != -100).sum()
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    total = 0.0
+    for inputs, tokens, targets, lengths in micro_batches(batch, accumulate):
+        with torch.autocast(tokens.device.type, dtype=torch.bfloat16, enabled=amp and tokens.device.type == "cuda"):
+            logits = model(tokens, lengths=lengths, **inputs).logits  # (b, T, V)
+            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), label_smoothing=label_smoothing,
+                                   reduction="sum") / tokens_in_batch
+        loss.backward()
+        total = total + loss.detach()
     torch.nn.utils.clip_grad_norm_(params, grad_clip)
     optimizer.step()
-    return loss
+    return total
 
 
 @torch.no_grad()

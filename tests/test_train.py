@@ -157,3 +157,61 @@ def test_the_main_job_captions_the_test_split_almost_perfectly(shapes_run):
     """The README's claim for `python train.py`: at least 99% of the 1,000 test scenes captioned exactly."""
     final = json.loads((shapes_run / "metrics.jsonl").read_text().splitlines()[-1])
     assert final["test_exact"] >= 0.99, final
+
+
+def test_gradient_accumulation_takes_the_step_of_one_big_batch():
+    """Four micro-batches, one after another, give the weights one batch of all their rows gives, even
+    though the rows' captions differ in length (so a mean of the micro-batches' means would not)."""
+    from model.decoder import DecoderConfig
+    from model.training import micro_batches, train_step
+    from model.vit import ViTConfig
+
+    torch.manual_seed(0)
+    vit = ViTConfig(image_size=16, patch_size=8, width=32, layers=1, heads=2)
+    models = [build_caption_model(vit, DecoderConfig(width=32, layers=1, heads=2, prefix_len=2, max_len=12,
+                                                     dropout=0.0), 20) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    B, T = 16, 10
+    lengths = torch.tensor([2 + i % 9 for i in range(B)])  # captions from 2 to 10 tokens
+    tokens = torch.randint(3, 20, (B, T))
+    targets = torch.randint(3, 20, (B, T)).masked_fill(torch.arange(T) >= lengths[:, None], -100)
+    batch = ({"images": torch.randn(B, 3, 16, 16)}, tokens, targets, lengths)
+    losses = []
+    for model, accumulate in zip(models, (1, 4)):
+        params = [p for p in model.parameters()]
+        optimizer = torch.optim.SGD(params, lr=1.0)  # weights move by the gradient itself (Adam's first step
+        losses.append(train_step(model, optimizer, params, batch, lr=1.0, accumulate=accumulate))  # is its sign)
+    torch.testing.assert_close(losses[1], losses[0])
+    for (name, a), b in zip(models[0].named_parameters(), models[1].parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-6, msg=name)
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)
+    parts = micro_batches(batch, 4)
+    assert [len(p[1]) for p in parts] == [4, 4, 4, 4]
+    counts = [(p[2] != -100).sum().item() for p in parts]
+    assert len(set(counts)) > 1  # the parts hold different numbers of tokens: the normalisation matters
+
+
+def test_the_best_model_is_kept_and_patience_stops_a_run_that_no_longer_improves(tmp_path):
+    """With a learning rate of 0 nothing improves after the first validation: patience 1 stops the run
+    after the second epoch of four, and OUT/best/ holds the first epoch's (here: the same) model."""
+    out = tmp_path / "flat"
+    run(tmp_path, "flat", "--epochs", "4", "--lr", "0", "--patience", "1", "--best-metric", "loss")
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    validations = [r for r in records if "val_loss" in r]
+    assert len(validations) == 2 and validations[0]["best"] and "best" not in validations[1]
+    assert records[-1]["step"] == validations[-1]["step"] == 2 * (256 // 32)  # two epochs of four
+    assert sorted(p.name for p in (out / "best").iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_the_best_model_follows_the_best_validation(tmp_path):
+    out = tmp_path / "learning"
+    run(tmp_path, "learning", "--epochs", "3", "--best-metric", "exact")
+    validations = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "val_loss" in r]
+    best_epoch = max(range(3), key=lambda i: (validations[i]["val_exact"], -i))  # the first of equal scores
+    assert [bool(v.get("best")) for v in validations][best_epoch] is True
+    from safetensors.torch import load_file
+    best = load_file(out / "best" / "model.safetensors")
+    if best_epoch == 2:  # the last epoch was best: OUT/best and OUT/model hold the same weights
+        assert all(torch.equal(v, load_file(out / "model" / "model.safetensors")[k]) for k, v in best.items())
+    with pytest.raises(SystemExit):
+        train.main(TINY + ["--out", str(tmp_path / "x"), "--best-metric", "accuracy"])
