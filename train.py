@@ -8,6 +8,9 @@ Writes OUT/checkpoint.pt (for --resume), OUT/model/ (config.json + model.safeten
 share, caption with and serve), OUT/best/ (the same, for the epoch with the best validation score),
 metrics.jsonl and loss_curve.png.
 
+Several processes: `torchrun --nproc_per_node N train.py ...` (DistributedDataParallel; each process
+takes its share of every batch, process 0 alone validates, logs and writes files).
+
 Reads top to bottom: configuration, data, model, evaluation, checkpoints, the training loop.
 """
 
@@ -140,6 +143,35 @@ def trainable_parameters(model, train_only):
     return params
 
 
+def start_processes(config):
+    """(rank, world size, device). torchrun sets WORLD_SIZE, RANK and LOCAL_RANK; a plain `python train.py`
+    has none of them and runs as it always has: one process, no process group."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    device = pick_device(config.device)
+    if world == 1:
+        return 0, 1, device
+    import torch.distributed as dist
+
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))  # one GPU per process
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if config.batch_size % world:
+        raise SystemExit(f"error: --batch-size {config.batch_size} does not split evenly over {world} processes")
+    return dist.get_rank(), world, device
+
+
+def everyone_stops(stop, world):
+    """Whether process 0 decided to stop early, told to every process."""
+    if world == 1:
+        return stop
+    import torch.distributed as dist
+
+    flag = torch.tensor([int(bool(stop))])
+    dist.broadcast(flag, src=0)
+    return bool(flag.item())
+
+
 def lr_at(step, config, total_steps):
     """Linear warm-up, then cosine decay to zero."""
     if step < config.warmup_steps:
@@ -241,7 +273,8 @@ def main(argv=None):
             raise SystemExit(f"error: {e}" if not isinstance(e, KeyError) else
                              f"error: {checkpoint_path}: not a training checkpoint (no {e})") from None
     torch.manual_seed(config.seed)
-    device = pick_device(config.device)
+    rank, world, device = start_processes(config)
+    lead = rank == 0  # process 0 alone validates, prints, logs and writes files
     out.mkdir(parents=True, exist_ok=True)
 
     splits, source, frozen_vit = load_data(config, device)
@@ -254,6 +287,11 @@ def main(argv=None):
     preprocess = ({"kind": "squash", "image_size": config.vit.image_size, "mean": CLIP_MEAN, "std": CLIP_STD}
                   if frozen_vit is None else dict(frozen_vit.preprocess_cfg, kind="openclip"))
     captioner = Captioner(model, tokenizer, preprocess)
+    trained = model  # what the optimisation steps run: the model itself, or DDP around it on several processes
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     max_len = config.decoder.max_len
     train_pairs = make_pairs(splits["train"].rows, splits["train"].targets, tokenizer, max_len)
@@ -265,27 +303,35 @@ def main(argv=None):
     if resumed is not None:
         model.load_state_dict(resumed["model"])
         optimizer.load_state_dict(resumed["optimizer"])
-        step, best = resumed["step"], resumed["best"]
+        step, best = resumed["step"], resumed.get("best", best)  # checkpoints before best models had none
         torch.set_rng_state(resumed["rng"])
         if resumed["cuda_rng"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(resumed["cuda_rng"])
-        print(f"resumed from {checkpoint_path} at step {step}")
-    elif log_path.exists():
+        if lead:
+            print(f"resumed from {checkpoint_path} at step {step}")
+    elif log_path.exists() and lead:
         log_path.unlink()  # a fresh run starts a fresh log
     n_params = sum(p.numel() for p in params)
-    print(f"{len(train_pairs):,} training captions, {len(splits['val'].rows):,} validation images, "
-          f"vocabulary {tokenizer.vocab_size:,}, {n_params / 1e6:.2f}M trainable parameters, {device}")
+    if lead:
+        print(f"{len(train_pairs):,} training captions, {len(splits['val'].rows):,} validation images, "
+              f"vocabulary {tokenizer.vocab_size:,}, {n_params / 1e6:.2f}M trainable parameters, {device}"
+              + (f", {world} processes" if world > 1 else ""))
 
     model.train()
     order = None  # this epoch's batches, made when an epoch starts (or a resumed run starts inside one)
-    bar = tqdm(total=total_steps, initial=step, desc="train", unit="step")
+    bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=not lead)
     while step < total_steps:
         epoch, offset = divmod(step, steps_per_epoch)
         if offset == 0 or order is None:
             order = epoch_batches(train_pairs, config.batch_size, config.seed, epoch, config.group_by_length)
-        batch = get_batch([train_pairs[i] for i in order[offset].tolist()], source, tokenizer.pad_id, device)
-        loss = train_step(model, optimizer, params, batch, lr_at(step, config, total_steps), config.grad_clip,
-                          config.label_smoothing, config.amp, config.grad_accum)
+        rows = order[offset].tolist()  # the global batch: the same on every process
+        mine = rows[rank * len(rows) // world : (rank + 1) * len(rows) // world]  # this process's share
+        batch = get_batch([train_pairs[i] for i in mine], source, tokenizer.pad_id, device)
+        batch_tokens = sum(len(train_pairs[i][1]) - 1 for i in rows)  # predicted tokens in the global batch
+        loss = train_step(trained, optimizer, params, batch, lr_at(step, config, total_steps), config.grad_clip,
+                          config.label_smoothing, config.amp, config.grad_accum, batch_tokens, world)
+        if world > 1:
+            torch.distributed.all_reduce(loss)  # the shares' losses add up to the global batch's mean
         step += 1
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}", epoch=epoch + 1)
@@ -293,7 +339,7 @@ def main(argv=None):
                   "lr": optimizer.param_groups[0]["lr"]}
         epoch_end = step % steps_per_epoch == 0
         patience_ran_out = False
-        if epoch_end:
+        if epoch_end and lead:
             scores, summary = validate(captioner, source, splits["val"], val_pairs, config, device)
             record.update(scores)
             score = scores[BEST_METRICS[config.best_metric]]
@@ -306,21 +352,26 @@ def main(argv=None):
                 best["stale"] += 1
                 patience_ran_out = config.patience and best["stale"] >= config.patience
             tqdm.write(f"epoch {epoch + 1}: {summary}  ({time.time() - started:.0f}s)")
-        with open(log_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
         stopping = config.stop_after and step >= config.stop_after
-        if epoch_end or step % config.checkpoint_every == 0 or step == total_steps or stopping:
-            save_checkpoint(checkpoint_path,
-                            checkpoint_state(model, optimizer, config, tokenizer, step, preprocess, best))
+        if lead:
+            with open(log_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            if epoch_end or step % config.checkpoint_every == 0 or step == total_steps or stopping:
+                save_checkpoint(checkpoint_path,
+                                checkpoint_state(model, optimizer, config, tokenizer, step, preprocess, best))
         if stopping:
             bar.close()
-            print(f"stopped after step {step}; continue with --resume")
-            return model
-        if patience_ran_out:
-            tqdm.write(f"no better {config.best_metric} in {config.patience} validations: stopping early "
-                       f"(the best model is in {out / 'best'})")
+            if lead:
+                print(f"stopped after step {step}; continue with --resume")
+            return finish(model, world)
+        if epoch_end and everyone_stops(patience_ran_out, world):
+            if lead:
+                tqdm.write(f"no better {config.best_metric} in {config.patience} validations: stopping early "
+                           f"(the best model is in {out / 'best'})")
             break
     bar.close()
+    if not lead:
+        return finish(model, world)
     write_loss_curve(log_path, out / "loss_curve.png")
     captioner.save_pretrained(out / "model")
 
@@ -338,6 +389,14 @@ def main(argv=None):
         f.write(json.dumps(summary) + "\n")
     print(f"model: {out / 'model'}  checkpoint: {checkpoint_path}  metrics: {log_path}  "
           f"loss curve: {out / 'loss_curve.png'}  ({time.time() - started:.0f}s)")
+    return finish(model, world)
+
+
+def finish(model, world):
+    """Wait for every process (process 0 may still be writing files), then leave the process group."""
+    if world > 1:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
     return model
 
 

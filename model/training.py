@@ -21,17 +21,23 @@ def micro_batches(batch, n):
              lengths[i : i + size]) for i in range(0, tokens.size(0), size)]
 
 
-def train_step(model, optimizer, params, batch, lr, grad_clip=1.0, label_smoothing=0.0, amp=True, accumulate=1):
+def train_step(model, optimizer, params, batch, lr, grad_clip=1.0, label_smoothing=0.0, amp=True, accumulate=1,
+               batch_tokens=None, processes=1):
     """One step of AdamW (or any optimizer) on one batch; returns the loss (a tensor, not yet synchronised).
 
     The loss is the mean cross-entropy over the batch's caption tokens. accumulate=N runs the batch as
     N micro-batches, one after another, adding their gradients: each micro-batch's summed loss is divided
     by the token count of the whole batch, so the step is the one a single big batch would take, with
     a Nth of the memory. amp: bfloat16 autocast, on CUDA only.
+
+    Several processes (DistributedDataParallel): `batch` is this process's share of a global batch
+    of `batch_tokens` predicted tokens. DDP averages the processes' gradients, so the loss that is
+    differentiated is multiplied by `processes`: the average then equals the gradient of the global
+    batch's mean. The loss returned is this share's part of that mean (the shares' losses add up to it).
     """
     for group in optimizer.param_groups:
         group["lr"] = lr
-    tokens_in_batch = (batch[2] != -100).sum()
+    tokens_in_batch = (batch[2] != -100).sum() if batch_tokens is None else batch_tokens
     optimizer.zero_grad(set_to_none=True)
     total = 0.0
     for inputs, tokens, targets, lengths in micro_batches(batch, accumulate):
@@ -39,7 +45,7 @@ def train_step(model, optimizer, params, batch, lr, grad_clip=1.0, label_smoothi
             logits = model(tokens, lengths=lengths, **inputs).logits  # (b, T, V)
             loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), label_smoothing=label_smoothing,
                                    reduction="sum") / tokens_in_batch
-        loss.backward()
+        (loss * processes).backward()
         total = total + loss.detach()
     torch.nn.utils.clip_grad_norm_(params, grad_clip)
     optimizer.step()

@@ -1,0 +1,70 @@
+"""torchrun + DistributedDataParallel on the CPU (gloo): two processes take the step one process takes."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+import train
+
+ROOT = Path(__file__).resolve().parents[1]
+# No dropout: its masks depend on how a batch is split over processes. 256 captions, batch 32: 8 steps an epoch.
+SMALL = ["--shapes-train", "256", "--shapes-val", "32", "--shapes-test", "32", "--epochs", "3", "--batch-size", "32",
+         "--vit-width", "32", "--vit-layers", "1", "--vit-heads", "2", "--decoder-width", "32", "--decoder-layers", "1",
+         "--decoder-heads", "2", "--decoder-dropout", "0", "--val-images", "16", "--warmup-steps", "4"]
+
+
+def torchrun(processes, *args):
+    """`torchrun --standalone --nproc_per_node N train.py ...` as a user types it; returns the finished process."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")  # two processes on two cores: one thread each
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           f"--nproc_per_node={processes}", "train.py", *SMALL, *args],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def final_weights(out):
+    return torch.load(Path(out) / "checkpoint.pt", weights_only=True)["model"]
+
+
+def assert_same_weights(a, b):
+    """Equal within 1e-5, except the key biases of attention: a key bias adds the same number to all of
+    a query's scores, which softmax ignores, so its true gradient is exactly zero. What reaches it is
+    rounding noise, and Adam, dividing by that noise's own size, turns it into steps of about the
+    learning rate that differ from run to run (measured: 3e-5 there, 1e-8 everywhere else)."""
+    assert a.keys() == b.keys()
+    for name in a:
+        x, y = a[name], b[name]
+        if name.endswith("in_proj_bias"):  # rows: query, key, value biases
+            x, y = x.view(3, -1)[[0, 2]], y.view(3, -1)[[0, 2]]
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_two_processes_train_the_weights_one_process_trains(tmp_path):
+    train.main(SMALL + ["--out", str(tmp_path / "one")])
+    done = torchrun(2, "--out", str(tmp_path / "two"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = final_weights(tmp_path / "one"), final_weights(tmp_path / "two")
+    assert torch.load(tmp_path / "two" / "checkpoint.pt", weights_only=True)["step"] == 24
+    assert_same_weights(one, two)
+    logs = [(tmp_path / run / "metrics.jsonl").read_text().splitlines() for run in ("one", "two")]
+    assert len(logs[0]) == len(logs[1]) == 24 + 1  # every step once (one writer), then the test scores
+    for a, b in zip(map(json.loads, logs[0][:-1]), map(json.loads, logs[1][:-1])):
+        assert a["step"] == b["step"] and abs(a["train_loss"] - b["train_loss"]) < 1e-4  # the global batch's mean
+    assert done.stdout.count("test split") == 1  # one process printed the results
+
+
+def test_a_run_stopped_under_two_processes_resumes_in_one(tmp_path):
+    train.main(SMALL + ["--out", str(tmp_path / "straight")])
+    stopped = torchrun(2, "--out", str(tmp_path / "switched"), "--stop-after", "12")
+    assert stopped.returncode == 0, stopped.stderr[-3000:]
+    train.main(["--out", str(tmp_path / "switched"), "--resume"])
+    assert_same_weights(final_weights(tmp_path / "straight"), final_weights(tmp_path / "switched"))
+
+
+def test_a_failing_process_ends_the_run_with_its_error(tmp_path):
+    done = torchrun(2, "--out", str(tmp_path / "bad"), "--batch-size", "31")
+    assert done.returncode != 0
+    assert "--batch-size 31 does not split evenly over 2 processes" in done.stdout + done.stderr
