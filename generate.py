@@ -42,7 +42,7 @@ def parse_args(argv=None):
     p.add_argument("--layer", default="mean", help="decoder layer for the pictures (0-based), or 'mean' (default: mean)")
     p.add_argument("--region", help="x0,y0,x1,y1 in pixels: caption only this box")
     p.add_argument("--region-mask", help="an image, white inside the region: caption only that")
-    p.add_argument("--device", default="auto", help='"auto" (CUDA if present), "cpu", "cuda", ... (default: auto)')
+    p.add_argument("--device", default="auto", help='"auto" (CUDA, else a Mac\'s MPS, else the CPU), "cpu", "cuda", "mps", ... (default: auto)')
     args = p.parse_args(argv)
     try:
         args.options = DecodingOptions(**{name: getattr(args, dest) for dest, name in decoding.items()

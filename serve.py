@@ -24,7 +24,7 @@ def main(argv=None):
     p.add_argument("--max-mb", type=float, default=5.0, help="largest image upload in megabytes (default: 5)")
     p.add_argument("--max-pixels", type=int, default=40_000_000,
                    help="largest image once decoded, in pixels; refuses decompression bombs (default: 40000000)")
-    p.add_argument("--device", default="auto", help='"auto" (CUDA if present), "cpu", "cuda", ... (default: auto)')
+    p.add_argument("--device", default="auto", help='"auto" (CUDA, else a Mac\'s MPS, else the CPU), "cpu", "cuda", "mps", ... (default: auto)')
     args = p.parse_args(argv)
     import uvicorn  # imported here: --help works without the server's packages
 

@@ -46,7 +46,7 @@ class TrainConfig:
     label_smoothing: float = 0.0  # share of the target probability spread over the vocabulary
     amp: bool = True  # bfloat16 autocast, on CUDA only
     seed: int = 0  # seeds the model, the data order and the built-in dataset
-    device: str = "auto"  # "auto" (CUDA if present), "cpu", "cuda", "cuda:1", ...
+    device: str = "auto"  # "auto" (CUDA, else a Mac's MPS, else the CPU), "cpu", "cuda", "cuda:1", "mps", ...
     # evaluation and checkpoints
     val_images: int = 500  # validation images captioned (and scored) after each epoch
     out: str = "runs/shapes"  # checkpoint.pt, model/, metrics.jsonl and loss_curve.png go here

@@ -31,8 +31,15 @@ class CheckpointError(ValueError):
 
 
 def pick_device(name="auto"):
-    """"auto": CUDA when present, else the CPU; any other name ("cpu", "cuda", "cuda:1") as given."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else torch.device(name)
+    """"auto": CUDA when present, else Apple's MPS (a Mac's GPU), else the CPU; any other name ("cpu",
+    "cuda", "cuda:1", "mps") as given."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
 
 
 def replace_atomically(path, write):

@@ -221,3 +221,19 @@ def test_a_model_without_an_image_encoder_is_refused_by_every_command_that_reads
             command()
         assert str(stop.value) == f"error: {folder} has no image encoder (it reads precomputed features), " \
                                   "so it cannot caption image files"
+
+
+def test_auto_picks_cuda_then_a_macs_mps_then_the_cpu(monkeypatch):
+    from model.checkpoint import pick_device
+
+    for cuda, mps, expected in [(True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")]:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+        monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+        assert pick_device("auto").type == expected
+    assert pick_device("cpu").type == "cpu"
+
+
+@pytest.mark.skipif(not torch.backends.mps.is_available(), reason="no Apple MPS device on this machine")
+def test_a_macs_gpu_captions_like_the_cpu(shapes_model, scene_png):
+    assert (Captioner.from_pretrained(shapes_model, "mps").caption(scene_png)
+            == Captioner.from_pretrained(shapes_model).caption(scene_png))
