@@ -154,7 +154,7 @@ class Captioner:
             patch_mask, prefix_images = self.region_inputs(pictures, names, region, mask)
         runs = self.model.generate(self.tokenizer.bos_id, self.tokenizer.eos_id, images=pixels, options=options,
                                    patch_mask=patch_mask, prefix_images=prefix_images, generator=generator)
-        texts = [[self.tokenizer.decode(run[b].tolist()) for run in runs] for b in range(len(pictures))]
+        texts = [list(per_image) for per_image in zip(*map(self.texts, runs))]  # per image, one text per run
         if attention:
             return [self.details(pixels[b], runs[0][b], texts[b], patch_mask, prefix_images, b)
                     for b in range(len(pictures))]

@@ -87,6 +87,14 @@ class CaptionModel(nn.Module):
             raise ValueError("pass either images or features (clip_embed, patches)")
         return self.encode(images) if images is not None else features
 
+    def conditioning(self, images=None, features=None, prefix_images=None):
+        """(clip_embed, patches) the decoder reads; prefix_images (B, 3, H, W), if given, make the prefix
+        from their own CLIP embedding instead (a region's crop) while the patches stay the image's."""
+        clip_embed, patches = self.image_inputs(images, features)
+        if prefix_images is not None:
+            clip_embed, _ = self.encode(prefix_images)
+        return clip_embed, patches
+
     def forward(self, tokens, images=None, features=None, lengths=None, patch_mask=None, return_attn=False):
         """tokens: (B, T); images: (B, 3, H, W) or features: ((B, E), (B, N, patch_dim))
         -> DecoderOutput (logits (B, T, V))."""
@@ -101,9 +109,7 @@ class CaptionModel(nn.Module):
         patch_mask: (B, N) patches cross-attention may look at; prefix_images: (B, 3, H, W) whose CLIP
         embedding makes the prefix instead (a region's crop). -> a list of options.num (B, T_new) tensors.
         """
-        clip_embed, patches = self.image_inputs(images, features)
-        if prefix_images is not None:
-            clip_embed, _ = self.encode(prefix_images)
+        clip_embed, patches = self.conditioning(images, features, prefix_images)
         return decode(self.decoder, clip_embed, patches, bos_id, eos_id, options, patch_mask, generator)
 
     @torch.no_grad()
@@ -111,9 +117,7 @@ class CaptionModel(nn.Module):
         """Where each caption position looked: tokens (B, T), the start token then the caption
         -> (layers, B, H, T, N) cross-attention weights over the patches (row t is the query that
         predicted token t + 1), or None for a decoder without cross-attention (pure ClipCap)."""
-        clip_embed, patches = self.image_inputs(images, features)
-        if prefix_images is not None:
-            clip_embed, _ = self.encode(prefix_images)
+        clip_embed, patches = self.conditioning(images, features, prefix_images)
         out = self.decoder(tokens, clip_embed, patches, patch_mask=patch_mask, return_attn=True)
         if out.cross_attn[0] is None:
             return None
