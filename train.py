@@ -400,5 +400,15 @@ def finish(model, world):
     return model
 
 
+def command(argv=None):
+    """What `python train.py` runs. Under torchrun, a process that fails writes its error where torchrun
+    reads it, so torchrun's summary names the failing process and its error (the others are stopped)."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        return main(argv)
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    return record(main)(argv)
+
+
 if __name__ == "__main__":
-    main()
+    command()

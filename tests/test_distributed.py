@@ -17,11 +17,11 @@ ROOT = Path(__file__).resolve().parents[1]
 SMALL = TINY + ["--decoder-dropout", "0", "--epochs", "3"]
 
 
-def torchrun(processes, *args):
+def torchrun(processes, *args, script="train.py"):
     """`torchrun --standalone --nproc_per_node N train.py ...` as a user types it; returns the finished process."""
     env = dict(os.environ, OMP_NUM_THREADS="1")  # two processes on two cores: one thread each
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           f"--nproc_per_node={processes}", "train.py", *SMALL, *args],
+                           f"--nproc_per_node={processes}", script, *SMALL, *args],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -68,3 +68,33 @@ def test_a_failing_process_ends_the_run_with_its_error(tmp_path):
     done = torchrun(2, "--out", str(tmp_path / "bad"), "--batch-size", "31")
     assert done.returncode != 0
     assert "--batch-size 31 does not split evenly over 2 processes" in done.stdout + done.stderr
+
+
+FAILS_IN_PROCESS_1 = f"""
+import os, sys
+sys.path.insert(0, {str(ROOT)!r})
+import train
+
+real_step = train.train_step
+
+
+def step_that_fails_in_process_1(*args, **kwargs):
+    if os.environ["RANK"] == "1":
+        raise RuntimeError("process 1 broke on purpose")
+    return real_step(*args, **kwargs)
+
+
+train.train_step = step_that_fails_in_process_1
+train.command()
+"""
+
+
+def test_one_failing_process_ends_the_whole_run_with_its_error(tmp_path):
+    """Process 0 would wait for process 1's gradients forever; torchrun must stop it and name process 1's error
+    (the subprocess's timeout turns a hang into a failure)."""
+    script = tmp_path / "fails_in_process_1.py"
+    script.write_text(FAILS_IN_PROCESS_1)
+    done = torchrun(2, "--out", str(tmp_path / "out"), script=str(script))
+    assert done.returncode != 0
+    summary = done.stderr[done.stderr.index("Root Cause"):]  # torchrun's closing summary
+    assert "rank      : 1" in summary and "RuntimeError: process 1 broke on purpose" in summary
