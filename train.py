@@ -39,7 +39,7 @@ from metrics import ptb_tokenize, score_captions
 from model.caption_model import build_caption_model
 from model.checkpoint import CheckpointError, load_checkpoint, pick_device, save_checkpoint
 from model.decoder import DecoderConfig
-from model.training import evaluate_loss, train_step
+from model.training import autocast_dtype, evaluate_loss, train_step
 from model.vit import ViTConfig
 
 # ----------------------------------------------------------------------------------------------
@@ -218,11 +218,12 @@ def validate(captioner, source, val, val_pairs, config, device):
 # --resume reads them with torch.load(weights_only=True). The model folder is written at the end.
 
 
-def checkpoint_state(model, optimizer, config, tokenizer, step, preprocess, best):
+def checkpoint_state(model, optimizer, scaler, config, tokenizer, step, preprocess, best):
     return {
         "best": best,  # the best validation score so far and the validations since it
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,  # float16's loss scale
         "model_config": model.config.to_dict(),
         "train_config": dataclasses.asdict(config),
         "tokenizer": tokenizer.to_dict(),
@@ -284,6 +285,8 @@ def main(argv=None):
     model = build_caption_model(config.vit, config.decoder, tokenizer.vocab_size, frozen_vit).to(device)
     params = trainable_parameters(model, config.train_only)
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    autocast = autocast_dtype(device, config.amp)  # bfloat16, float16 (a GPU without bfloat16) or None
+    scaler = torch.amp.GradScaler(device.type) if autocast == torch.float16 else None
     preprocess = ({"kind": "squash", "image_size": config.vit.image_size, "mean": CLIP_MEAN, "std": CLIP_STD}
                   if frozen_vit is None else dict(frozen_vit.preprocess_cfg, kind="openclip"))
     captioner = Captioner(model, tokenizer, preprocess)
@@ -292,6 +295,8 @@ def main(argv=None):
         from torch.nn.parallel import DistributedDataParallel
 
         trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if config.compile:
+        trained = torch.compile(trained)  # checkpoints still hold the plain model's state_dict()
 
     max_len = config.decoder.max_len
     train_pairs = make_pairs(splits["train"].rows, splits["train"].targets, tokenizer, max_len)
@@ -303,6 +308,8 @@ def main(argv=None):
     if resumed is not None:
         model.load_state_dict(resumed["model"])
         optimizer.load_state_dict(resumed["optimizer"])
+        if scaler is not None and resumed.get("scaler"):
+            scaler.load_state_dict(resumed["scaler"])
         step, best = resumed["step"], resumed.get("best", best)  # checkpoints before best models had none
         torch.set_rng_state(resumed["rng"])
         if resumed["cuda_rng"] is not None and torch.cuda.is_available():
@@ -329,7 +336,7 @@ def main(argv=None):
         batch = get_batch([train_pairs[i] for i in mine], source, tokenizer.pad_id, device)
         batch_tokens = sum(len(train_pairs[i][1]) - 1 for i in rows)  # predicted tokens in the global batch
         loss = train_step(trained, optimizer, params, batch, lr_at(step, config, total_steps), config.grad_clip,
-                          config.label_smoothing, config.amp, config.grad_accum, batch_tokens, world)
+                          config.label_smoothing, autocast, config.grad_accum, batch_tokens, world, scaler)
         if world > 1:
             torch.distributed.all_reduce(loss)  # the shares' losses add up to the global batch's mean
         step += 1
@@ -358,7 +365,7 @@ def main(argv=None):
                 f.write(json.dumps(record) + "\n")
             if epoch_end or step % config.checkpoint_every == 0 or step == total_steps or stopping:
                 save_checkpoint(checkpoint_path,
-                                checkpoint_state(model, optimizer, config, tokenizer, step, preprocess, best))
+                                checkpoint_state(model, optimizer, scaler, config, tokenizer, step, preprocess, best))
         if stopping:
             bar.close()
             if lead:

@@ -43,7 +43,7 @@ from data.tokenizer import build_tokenizer  # noqa: E402
 from model.caption_model import build_caption_model  # noqa: E402
 from model.checkpoint import pick_device  # noqa: E402
 from model.clip import load_clip_vit  # noqa: E402
-from model.training import evaluate_loss, train_step  # noqa: E402
+from model.training import autocast_dtype, evaluate_loss, train_step  # noqa: E402
 
 TOKENIZERS = ("word", "bpe")
 POOLED, PATCHES = 512, (49, 768)  # ViT-B-32
@@ -83,6 +83,8 @@ class Run:
         self.model = self.model.to(device).train()
         self.params = [p for p in self.model.parameters() if p.requires_grad]  # train.py's --train-only all
         self.optimizer = torch.optim.AdamW(self.params, lr=self.config.lr, weight_decay=self.config.weight_decay)
+        fp16 = autocast_dtype(device, self.config.amp) == torch.float16
+        self.scaler = torch.amp.GradScaler(device.type) if fp16 else None  # as train.py does on a GPU without bf16
         self.captioner = Captioner(self.model, self.tokenizer, dict(vit.preprocess_cfg, kind="openclip"))
         max_len = self.config.decoder.max_len
         self.pairs = make_pairs(self.splits["train"].rows, self.splits["train"].targets, self.tokenizer, max_len)
@@ -104,7 +106,8 @@ class Run:
         sync(self.device)
         start = time.perf_counter()
         batch = get_batch(pairs, self.source, self.tokenizer.pad_id, self.device)
-        loss = train_step(self.model, self.optimizer, self.params, batch, c.lr, c.grad_clip, c.label_smoothing, c.amp)
+        loss = train_step(self.model, self.optimizer, self.params, batch, c.lr, c.grad_clip, c.label_smoothing,
+                          autocast_dtype(self.device, c.amp), scaler=self.scaler)
         loss.item()  # waits for the step to finish, as train.py's progress bar does
         return time.perf_counter() - start
 

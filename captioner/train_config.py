@@ -44,7 +44,8 @@ class TrainConfig:
     grad_clip: float = 1.0  # gradients are clipped to this global norm
     grad_accum: int = 1  # run each batch as this many micro-batches, one after another: the same step, less memory
     label_smoothing: float = 0.0  # share of the target probability spread over the vocabulary
-    amp: bool = True  # bfloat16 autocast, on CUDA only
+    compile: bool = False  # torch.compile the training step's model: faster steps on a GPU after a slow first one
+    amp: bool = True  # mixed precision on CUDA: bfloat16 where the GPU has it, else float16 with a gradient scaler
     seed: int = 0  # seeds the model, the data order and the built-in dataset
     device: str = "auto"  # "auto" (CUDA, else a Mac's MPS, else the CPU), "cpu", "cuda", "cuda:1", "mps", ...
     # evaluation and checkpoints

@@ -21,14 +21,30 @@ def micro_batches(batch, n):
              lengths[i : i + size]) for i in range(0, tokens.size(0), size)]
 
 
-def train_step(model, optimizer, params, batch, lr, grad_clip=1.0, label_smoothing=0.0, amp=True, accumulate=1,
-               batch_tokens=None, processes=1):
+def autocast_dtype(device, amp=True):
+    """The lower precision a training step runs its matrix products in on `device`, or None for float32.
+
+    bfloat16 on a CUDA GPU that has it (Ampere and later); float16 on one that has not (a Colab T4,
+    a V100), which needs a gradient scaler (see train_step). The CPU and Apple's MPS train in float32.
+    """
+    if not amp or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+
+
+def train_step(model, optimizer, params, batch, lr, grad_clip=1.0, label_smoothing=0.0, autocast=None,
+               accumulate=1, batch_tokens=None, processes=1, scaler=None):
     """One step of AdamW (or any optimizer) on one batch; returns the loss (a tensor, not yet synchronised).
 
     The loss is the mean cross-entropy over the batch's caption tokens. accumulate=N runs the batch as
     N micro-batches, one after another, adding their gradients: each micro-batch's summed loss is divided
     by the token count of the whole batch, so the step is the one a single big batch would take, with
-    a Nth of the memory. amp: bfloat16 autocast, on CUDA only.
+    a Nth of the memory. autocast: the dtype of torch.autocast (autocast_dtype), or None for float32.
+
+    scaler (a torch.amp.GradScaler, for float16): float16 cannot hold gradients below about 6e-8, so the
+    loss is multiplied by a large power of two before backward and the gradients divided by it before
+    clipping; a step whose gradients overflowed to inf or NaN is skipped and the scale lowered, so a
+    NaN never reaches the weights. Powers of two scale exactly: in float32 the step is unchanged.
 
     Several processes (DistributedDataParallel): `batch` is this process's share of a global batch
     of `batch_tokens` predicted tokens. DDP averages the processes' gradients, so the loss that is
@@ -41,14 +57,21 @@ def train_step(model, optimizer, params, batch, lr, grad_clip=1.0, label_smoothi
     optimizer.zero_grad(set_to_none=True)
     total = 0.0
     for inputs, tokens, targets, lengths in micro_batches(batch, accumulate):
-        with torch.autocast(tokens.device.type, dtype=torch.bfloat16, enabled=amp and tokens.device.type == "cuda"):
+        with torch.autocast(tokens.device.type, dtype=autocast, enabled=autocast is not None):
             logits = model(tokens, lengths=lengths, **inputs).logits  # (b, T, V)
             loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), label_smoothing=label_smoothing,
                                    reduction="sum") / tokens_in_batch
-        (loss * processes).backward()
+        scaled = loss * processes
+        (scaler.scale(scaled) if scaler is not None else scaled).backward()
         total = total + loss.detach()
+    if scaler is None:
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        optimizer.step()
+        return total
+    scaler.unscale_(optimizer)  # true gradients, so clipping sees their real size
     torch.nn.utils.clip_grad_norm_(params, grad_clip)
-    optimizer.step()
+    scaler.step(optimizer)  # skipped if any gradient is inf or NaN
+    scaler.update()
     return total
 
 

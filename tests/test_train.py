@@ -159,11 +159,10 @@ def test_the_main_job_captions_the_test_split_almost_perfectly(shapes_run):
     assert final["test_exact"] >= 0.99, final
 
 
-def test_gradient_accumulation_takes_the_step_of_one_big_batch():
-    """Four micro-batches, one after another, give the weights one batch of all their rows gives, even
-    though the rows' captions differ in length (so a mean of the micro-batches' means would not)."""
+def two_equal_tiny_models_and_a_batch(B=16, T=10):
+    """Two identical tiny captioners (images 16 x 16, vocabulary 20, no dropout) and one batch whose
+    captions run from 2 to 10 tokens."""
     from model.decoder import DecoderConfig
-    from model.training import micro_batches, train_step
     from model.vit import ViTConfig
 
     torch.manual_seed(0)
@@ -171,11 +170,18 @@ def test_gradient_accumulation_takes_the_step_of_one_big_batch():
     models = [build_caption_model(vit, DecoderConfig(width=32, layers=1, heads=2, prefix_len=2, max_len=12,
                                                      dropout=0.0), 20) for _ in range(2)]
     models[1].load_state_dict(models[0].state_dict())
-    B, T = 16, 10
     lengths = torch.tensor([2 + i % 9 for i in range(B)])  # captions from 2 to 10 tokens
     tokens = torch.randint(3, 20, (B, T))
     targets = torch.randint(3, 20, (B, T)).masked_fill(torch.arange(T) >= lengths[:, None], -100)
-    batch = ({"images": torch.randn(B, 3, 16, 16)}, tokens, targets, lengths)
+    return models, ({"images": torch.randn(B, 3, 16, 16)}, tokens, targets, lengths)
+
+
+def test_gradient_accumulation_takes_the_step_of_one_big_batch():
+    """Four micro-batches, one after another, give the weights one batch of all their rows gives, even
+    though the rows' captions differ in length (so a mean of the micro-batches' means would not)."""
+    from model.training import micro_batches, train_step
+
+    models, batch = two_equal_tiny_models_and_a_batch()
     losses = []
     for model, accumulate in zip(models, (1, 4)):
         params = [p for p in model.parameters()]
@@ -189,6 +195,30 @@ def test_gradient_accumulation_takes_the_step_of_one_big_batch():
     assert [len(p[1]) for p in parts] == [4, 4, 4, 4]
     counts = [(p[2] != -100).sum().item() for p in parts]
     assert len(set(counts)) > 1  # the parts hold different numbers of tokens: the normalisation matters
+
+
+def test_the_float16_gradient_scaler_takes_the_same_step_and_skips_an_overflowing_one():
+    """What a GPU without bfloat16 (a Colab T4) trains with, run here in float32 on the CPU: scaling the loss
+    by 2^16 and the gradients back changes no weight; a scale that overflows the gradients to inf skips the
+    step (no weight changes, so no NaN reaches them) and halves the scale."""
+    from model.training import train_step
+
+    models, batch = two_equal_tiny_models_and_a_batch()
+    start = {name: p.detach().clone() for name, p in models[0].named_parameters()}
+    for model, scaler in zip(models, (None, torch.amp.GradScaler("cpu", init_scale=2.0**16))):
+        params = list(model.parameters())
+        train_step(model, torch.optim.AdamW(params), params, batch, lr=1e-2, scaler=scaler)
+    for (name, a), b in zip(models[0].named_parameters(), models[1].parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7, msg=name)
+    before = {name: p.detach().clone() for name, p in models[1].named_parameters()}
+    assert all(not torch.equal(start[name], p) for name, p in before.items())  # the step moved every weight
+    params = list(models[1].parameters())
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**127)  # a loss of 3 times that overflows float32 (2^128)
+    loss = train_step(models[1], torch.optim.AdamW(params), params, batch, lr=1e-2, scaler=scaler)
+    assert torch.isfinite(loss)  # the loss reported is unscaled
+    for name, p in models[1].named_parameters():
+        assert torch.equal(p, before[name]), name
+    assert scaler.get_scale() == 2.0**126
 
 
 def test_the_best_model_is_kept_and_patience_stops_a_run_that_no_longer_improves(tmp_path):
@@ -215,3 +245,37 @@ def test_the_best_model_follows_the_best_validation(tmp_path):
         assert all(torch.equal(v, load_file(out / "model" / "model.safetensors")[k]) for k, v in best.items())
     with pytest.raises(SystemExit):
         train.main(TINY + ["--out", str(tmp_path / "x"), "--best-metric", "accuracy"])
+
+
+def test_mixed_precision_is_bfloat16_where_the_gpu_has_it_and_float16_where_not(monkeypatch):
+    """The choice alone (faked GPUs); tests/test_gpu.py trains with each where a GPU exists."""
+    from model.training import autocast_dtype
+
+    for has_bf16, expected in [(True, torch.bfloat16), (False, torch.float16)]:  # an A100; a Colab T4
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: has_bf16)
+        assert autocast_dtype(torch.device("cuda")) == expected
+        assert autocast_dtype(torch.device("cuda"), amp=False) is None
+    assert autocast_dtype(torch.device("cpu")) is None and autocast_dtype(torch.device("mps")) is None
+
+
+def test_compile_trains_the_same_weights_and_checkpoints_the_plain_model(tmp_path, monkeypatch):
+    """--compile runs the steps through torch.compile. Inductor's C++ build takes about 40 s on a cold
+    CPU, too long for this suite, so here the graphs TorchDynamo captures run with the "aot_eager"
+    backend (the same tracing and autograd graphs, not compiled to C++); tests/test_gpu.py compiles
+    for real on a GPU."""
+    run(tmp_path, "eager", "--epochs", "1", "--decoder-dropout", "0")
+    graphs, real_compile = [], torch.compile
+
+    def aot_eager_that_counts(graph, example_inputs):  # a TorchDynamo backend: gets each captured graph
+        graphs.append(graph)
+        return torch._dynamo.lookup_backend("aot_eager")(graph, example_inputs)
+
+    monkeypatch.setattr(torch, "compile", lambda model: real_compile(model, backend=aot_eager_that_counts))
+    run(tmp_path, "compiled", "--epochs", "1", "--decoder-dropout", "0", "--compile")
+    assert graphs  # the training steps ran through captured graphs
+    eager, compiled = (torch.load(tmp_path / name / "checkpoint.pt", weights_only=True)["model"]
+                       for name in ("eager", "compiled"))
+    assert eager.keys() == compiled.keys()  # no "_orig_mod." prefix: the plain model's names
+    from tests.test_distributed import assert_same_weights
+
+    assert_same_weights(eager, compiled)
