@@ -111,7 +111,7 @@ def load_data(config, device):
         # (bench/feature_extraction.py: 2 workers ran at 0.88x of none on 2 cores). On a GPU they feed it.
         workers = 0 if device.type == "cpu" else min(8, os.cpu_count() or 1)
         cache = extract_features(frozen_vit.to(device), preprocess, config.clip_model, config.images, names,
-                                 config.feature_cache, num_workers=workers, device=device)
+                                 config.feature_cache, num_workers=workers, device=device, **sharing())
         frozen_vit.cpu()
         source, row_of = CachedFeatureSource(cache), {n: cache.index[n] for n in cache.usable()}
     else:
@@ -159,6 +159,15 @@ def start_processes(config):
     if config.batch_size % world:
         raise SystemExit(f"error: --batch-size {config.batch_size} does not split evenly over {world} processes")
     return dist.get_rank(), world, device
+
+
+def sharing():
+    """How this process shares feature extraction: (rank, processes) and a barrier; one process does it all."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return {}
+    import torch.distributed as dist
+
+    return {"share": (dist.get_rank(), dist.get_world_size()), "wait_for_all": dist.barrier}
 
 
 def everyone_stops(stop, world):

@@ -99,9 +99,16 @@ class FeatureCache:
 
 @torch.no_grad()
 def extract_features(encoder, preprocess, encoder_name, folder, names, cache_root, batch_size=64, num_workers=2,
-                     device="cpu"):
+                     device="cpu", share=(0, 1), wait_for_all=lambda: None):
     """Compute features of every image in `names` (files in `folder`) into cache_root/<key>, resuming
-    an earlier run with the same key. Returns the FeatureCache."""
+    an earlier run with the same key. Returns the FeatureCache.
+
+    share=(rank, processes): under torchrun every process calls this with its rank; process 0 lays out
+    the cache, and each process computes one contiguous part of the rows still to do, writing straight
+    into the shared memory-mapped files (one machine: its page cache keeps them consistent).
+    wait_for_all is a barrier between the processes (torch.distributed.barrier); all return the same cache.
+    """
+    rank, processes = share
     digest = weights_digest(encoder)
     key = cache_key(encoder_name, digest, preprocess)
     out = Path(cache_root) / key
@@ -110,20 +117,25 @@ def extract_features(encoder, preprocess, encoder_name, folder, names, cache_roo
         if json.loads((out / "names.json").read_text()) != names:
             raise ValueError(f"{out}: this cache holds features of a different image list; delete it or use "
                              "another cache folder")
-    else:
+    elif rank == 0:
         probe = encoder(preprocess(load_probe_image(folder, names)).unsqueeze(0).to(device))
         E, (N, C) = probe.pooled.shape[-1], probe.patches.shape[-2:]
         create_feature_cache(out, names, E, N, C, {"encoder": encoder_name, "weights_sha256": digest,
                                                    "preprocess": repr(preprocess), "image_folder": str(folder)})
+    wait_for_all()  # the layout exists before any process opens it
     pooled = np.load(out / "pooled.npy", mmap_mode="r+")
     patches = np.load(out / "patches.npy", mmap_mode="r+")
     status = np.load(out / "status.npy", mmap_mode="r+")
-    todo = np.flatnonzero(status == PENDING)  # cache rows still to compute
+    pending = np.flatnonzero(status == PENDING)  # cache rows still to compute
+    todo = np.array_split(pending, processes)[rank]  # this process's part of them
+    wait_for_all()  # every process has read the same rows as pending before any marks one done
     paths = [Path(folder) / names[i] for i in todo]
     loader = torch.utils.data.DataLoader(ImageFolderDataset(paths, preprocess), batch_size=batch_size,
                                          num_workers=num_workers, collate_fn=collate)
     failed = int((status == FAILED).sum())
-    bar = tqdm(total=len(names), initial=len(names) - len(todo), desc="features", unit="img")
+    done_before = len(names) - len(pending)
+    bar = tqdm(total=done_before + len(todo), initial=done_before, unit="img", disable=rank != 0,
+               desc="features" + (f" (process 0's part of {processes})" if processes > 1 else ""))
     for local, images, bad in loader:
         rows = todo[local.numpy()]  # loader indices -> cache rows
         if images is not None:
@@ -141,9 +153,12 @@ def extract_features(encoder, preprocess, encoder_name, folder, names, cache_roo
         bar.update(len(local) + len(bad))
         bar.set_postfix(failed=failed)
     bar.close()
-    if failed:
+    wait_for_all()  # every part is written
+    cache = FeatureCache(out)
+    failed = int((cache.status == FAILED).sum())
+    if failed and rank == 0:
         print(f"{failed} of {len(names)} images could not be read and were skipped")
-    return FeatureCache(out)
+    return cache
 
 
 def load_probe_image(folder, names):

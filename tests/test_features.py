@@ -88,3 +88,34 @@ def test_extraction_resumes_after_an_interruption(folder, tmp_path, monkeypatch)
     assert sum(seen) == 9 - done_before  # only the images not yet done are encoded again
     fresh = extract_features(vit, preprocess, "tiny", folder, names, tmp_path / "fresh", num_workers=0)
     assert np.array_equal(np.asarray(cache.pooled), np.asarray(fresh.pooled))
+
+
+def test_processes_split_the_extraction_and_end_with_one_cache(folder, tmp_path):
+    """Two workers, as torchrun's processes would be (here threads, with a barrier between them), each
+    compute their part of the rows into the same files: the cache equals one process's, every image
+    encoded once, and a second pass finds nothing left to do."""
+    import threading
+
+    vit, names = tiny_vit(), [f"{i}.png" for i in range(10)]
+    encoded, barrier, caches = [], threading.Barrier(2), [None, None]
+    real_forward = vit.forward
+    vit.forward = lambda images, *a, **k: encoded.append(len(images)) or real_forward(images, *a, **k)
+
+    def process(rank):
+        caches[rank] = extract_features(vit, preprocess, "tiny", folder, names, tmp_path / "shared", batch_size=2,
+                                        num_workers=0, share=(rank, 2), wait_for_all=barrier.wait)
+
+    workers = [threading.Thread(target=process, args=(rank,)) for rank in (0, 1)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=60)
+    assert sum(encoded) == 1 + 9  # the shape probe, then each readable image once
+    fresh = extract_features(tiny_vit(), preprocess, "tiny", folder, names, tmp_path / "one", num_workers=0)
+    for cache in caches:
+        assert np.array_equal(np.asarray(cache.status), np.asarray(fresh.status))
+        assert np.array_equal(np.asarray(cache.pooled), np.asarray(fresh.pooled))
+        assert np.array_equal(np.asarray(cache.patches), np.asarray(fresh.patches))
+    encoded.clear()
+    extract_features(vit, preprocess, "tiny", folder, names, tmp_path / "shared", num_workers=0, share=(1, 2))
+    assert encoded == []
