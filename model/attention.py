@@ -106,8 +106,14 @@ class MultiHeadAttention(nn.Module):
         nn.init.xavier_uniform_(self.in_proj_weight)
 
     def split_heads(self, x):
+        """(B, T, C) -> (B, H, T, D): head h gets channels h*D to (h+1)*D - 1."""
         B, T, C = x.shape
         return x.view(B, T, self.heads, C // self.heads).transpose(1, 2)  # (B, H, T, D)
+
+    def merge_heads(self, x):
+        """(B, H, T, D) -> (B, T, C): the heads' outputs side by side again."""
+        B, H, T, D = x.shape
+        return x.transpose(1, 2).reshape(B, T, H * D)  # (B, T, C)
 
     def forward(self, x, context=None, mask=None, cache=None, return_attn=False):
         """x: (B, T, C) queries; context: (B, S, C) keys/values, or None for self-attention.
@@ -138,6 +144,4 @@ class MultiHeadAttention(nn.Module):
             out, weights = F.scaled_dot_product_attention(q, k, v, attn_mask=mask), None  # (B, H, T, D)
         else:
             out, weights = attention(q, k, v, mask)  # (B, H, T, D), (B, H, T, S)
-        B, H, T, D = out.shape
-        out = out.transpose(1, 2).reshape(B, T, H * D)  # (B, T, C)
-        return self.out_proj(out), weights
+        return self.out_proj(self.merge_heads(out)), weights  # (B, T, C)

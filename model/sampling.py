@@ -113,6 +113,17 @@ def sample(decoder, clip_embed, patches, bos_id, eos_id, max_new_tokens=None, te
     return tokens[:, 1:]
 
 
+def best_beams(scores, K):
+    """The K best continuations of each image among all its beams' tokens, best first.
+
+    scores: (B, K_in, V), the score of each beam followed by each token -> (beam (B, K), token (B, K)):
+    continuation j of image b extends beam[b, j] with token[b, j].
+    """
+    B, K_in, V = scores.shape
+    best = scores.reshape(B, K_in * V).topk(K, dim=-1).indices  # (B, K) into the flattened K_in*V candidates
+    return best // V, best % V  # (B, K) each: integer division on integer tensors
+
+
 @torch.no_grad()
 def beam_search(decoder, clip_embed, patches, bos_id, eos_id, beam_size=3, max_new_tokens=None,
                 length_penalty=1.0, patch_mask=None, repetition_penalty=1.0, no_repeat_ngram_size=0):
@@ -145,9 +156,8 @@ def beam_search(decoder, clip_embed, patches, bos_id, eos_id, beam_size=3, max_n
         candidates = logp[..., None] + step  # (B, K, V)
         new_length = length + (~done).float()  # (B, K)
         score = candidates / new_length[..., None] ** length_penalty  # (B, K, V)
-        best = score.view(B, K * V).topk(K, dim=-1).indices  # (B, K) into the flattened K*V candidates
-        beam, token = best // V, best % V  # (B, K) each, integer division on integer tensors
-        logp = candidates.view(B, K * V).gather(1, best)  # (B, K)
+        beam, token = best_beams(score, K)  # (B, K) each
+        logp = candidates[torch.arange(B, device=device)[:, None], beam, token]  # (B, K)
         length = new_length.gather(1, beam)
         done = done.gather(1, beam) | (token == eos_id)
         index = (torch.arange(B, device=device)[:, None] * K + beam).view(-1)  # (B*K,), surviving beams' rows
