@@ -5,6 +5,7 @@
     python generate.py MODEL images/ --temperature 0.8 --top-p 0.9 --num 3
     python generate.py MODEL photo.jpg --attention pictures/      # one PNG per image: a heat map per word
     python generate.py MODEL photo.jpg --region 10,40,120,200     # caption only what is inside the box
+    python generate.py MODEL photo.jpg --attention pictures/ --student-code all   # with your exercises' code
 
 MODEL is a model folder (config.json + model.safetensors, as train.py writes into OUT/model) or a
 training checkpoint (OUT/checkpoint.pt). An image that cannot be read is reported in one line; every
@@ -43,6 +44,8 @@ def parse_args(argv=None):
     p.add_argument("--region", help="x0,y0,x1,y1 in pixels: caption only this box")
     p.add_argument("--region-mask", help="an image, white inside the region: caption only that")
     p.add_argument("--device", default="auto", help='"auto" (CUDA, else a Mac\'s MPS, else the CPU), "cpu", "cuda", "mps", ... (default: auto)')
+    p.add_argument("--student-code", default="", help='caption with exercises whose code you wrote, e.g. "attention,block" or "all" (exercises/README.md)')
+    p.add_argument("--student-dir", default="my_exercises", help="the folder with your exercise files (default: my_exercises)")
     args = p.parse_args(argv)
     try:
         args.options = DecodingOptions(**{name: getattr(args, dest) for dest, name in decoding.items()
@@ -70,6 +73,15 @@ def find_images(patterns):
 
 def main(argv=None):
     args = parse_args(argv)
+    if not args.student_code:
+        return caption_images(args)
+    from exercises import student_code, use_student_code
+
+    with use_student_code(student_code(args.student_code, args.student_dir)):
+        return caption_images(args)
+
+
+def caption_images(args):
     try:
         captioner = Captioner.from_pretrained(args.model, pick_device(args.device), for_images=True)
     except CheckpointError as e:

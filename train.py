@@ -270,6 +270,16 @@ def write_loss_curve(log_path, png_path):
 
 def main(argv=None):
     config = parse_args(argv)
+    if not config.student_code:
+        return train(config)
+    from exercises import student_code, use_student_code
+
+    with use_student_code(student_code(config.student_code, config.student_dir)):
+        print(f"training with your code from {config.student_dir}/ for: {config.student_code}")
+        return train(config)
+
+
+def train(config):
     started = time.time()
     out = Path(config.out)
     checkpoint_path, log_path = out / "checkpoint.pt", out / "metrics.jsonl"

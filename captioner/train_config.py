@@ -56,10 +56,16 @@ class TrainConfig:
     patience: int = 0  # stop early after this many validations in a row without a better best_metric; 0 = never
     resume: bool = False  # continue from OUT/checkpoint.pt with the settings it was started with
     stop_after: int = 0  # stop (with a checkpoint) after this many steps; 0 = run to the end
+    # your own code (exercises/README.md)
+    student_code: str = ""  # exercises whose code you wrote to train with, e.g. "attention,block" or "all"
+    student_dir: str = "my_exercises"  # the folder with your exercise files (python -m exercises)
 
     @classmethod
     def from_dict(cls, values, where="training config"):
-        """The inverse of dataclasses.asdict; every field must be present and known."""
+        """The inverse of dataclasses.asdict; every field must be known. A field missing (a checkpoint from
+        before the setting existed) takes its default, which is how such runs behaved."""
+        if isinstance(values, dict):
+            values = dataclasses.asdict(cls()) | values
         values = dict(config_from_dict(cls, values, where).__dict__)
         values["vit"] = config_from_dict(ViTConfig, values["vit"], f"{where}, vit")
         values["decoder"] = config_from_dict(DecoderConfig, values["decoder"], f"{where}, decoder")

@@ -1,7 +1,8 @@
 """The project's rooms: the commands are leaves, and the library never imports upward.
 
 model/ needs only torch (and safetensors for model files); data/ and metrics/ never drive the model;
-captioner/ (the Python API) sits on model/ and data/; train.py, generate.py and evaluate.py import the
+captioner/ (the Python API) sits on model/ and data/; exercises/ checks students' code against model/
+and plugs it in; train.py, generate.py and evaluate.py import the
 library and never each other, and nothing else imports them: not the library, not bench/, not the
 notebooks. Only the tests import them, to run a command's main() in-process.
 """
@@ -14,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = {"train", "generate", "evaluate"}
-PROJECT = {"model", "data", "metrics", "captioner", "bench", "notebooks", "tests"} | COMMANDS
+PROJECT = {"model", "data", "metrics", "captioner", "exercises", "bench", "notebooks", "tests"} | COMMANDS
 
 
 def imported(source):
@@ -64,8 +65,9 @@ def test_no_module_imports_a_command():
     ("data", {"data"}),
     ("metrics", {"metrics"}),
     ("captioner", {"captioner", "model", "data"}),
+    ("exercises", {"exercises", "model"}),
     ("bench", {"model", "data", "metrics", "captioner"}),
-    ("notebooks", {"model", "data", "metrics", "captioner"}),
+    ("notebooks", {"model", "data", "metrics", "captioner", "exercises"}),
 ])
 def test_the_library_never_imports_upward(room, may_import):
     wrong = [f"{path} imports {sorted(names - may_import)}" for path, names in sources()

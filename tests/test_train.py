@@ -279,3 +279,14 @@ def test_compile_trains_the_same_weights_and_checkpoints_the_plain_model(tmp_pat
     from tests.test_distributed import assert_same_weights
 
     assert_same_weights(eager, compiled)
+
+
+def test_a_checkpoint_from_before_a_setting_existed_resumes_with_its_default(tmp_path):
+    run(tmp_path, "old", "--stop-after", "3")
+    path = tmp_path / "old" / "checkpoint.pt"
+    state = torch.load(path, weights_only=True)
+    for name in ("compile", "student_code", "grad_accum"):  # settings added after the first checkpoints
+        del state["train_config"][name]
+    torch.save(state, path)
+    train.main(["--out", str(tmp_path / "old"), "--resume"])
+    assert torch.load(path, weights_only=True)["step"] == 16

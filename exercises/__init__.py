@@ -1,0 +1,84 @@
+"""Exercises: write the attention yourself, check it against the project's own code, train the captioner with it.
+
+From a shell:      python -m exercises check attention       (copies the stubs to my_exercises/ the first time)
+From a notebook:   from exercises import check; check("attention", my_attention)
+Train with yours:  python train.py --student-code attention,block,filters
+See exercises/README.md (for students and instructors).
+"""
+
+import shutil
+from pathlib import Path
+
+from exercises.checker import STUBS, Report, check as check_functions, load
+from exercises.decoding_exercises import BEAM, CACHE, FILTERS
+from exercises.model_exercises import ATTENTION, BLOCK, HEADS, MASKS, PATCHES, PREFIX
+from exercises.plug import PLUGS, plug_in, use_student_code
+
+EXERCISES = {e.name: e for e in (ATTENTION, MASKS, HEADS, PATCHES, BLOCK, PREFIX, CACHE, FILTERS, BEAM)}
+WORKSPACE = "my_exercises"  # where a student's copies of the stubs live (git ignores it)
+
+__all__ = ["EXERCISES", "WORKSPACE", "Report", "check", "check_folder", "student_code", "plug_in",
+           "use_student_code", "start", "PLUGS"]
+
+
+def exercise(name):
+    if name not in EXERCISES:
+        raise SystemExit(f"error: no exercise {name!r}; the exercises are: {', '.join(EXERCISES)}")
+    return EXERCISES[name]
+
+
+def start(folder=WORKSPACE):
+    """Copy the stubs into `folder` (those not there yet; a student's work is never overwritten) -> the names
+    of the files copied."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for stub in sorted(STUBS.glob("*.py")):
+        if not (folder / stub.name).exists():
+            shutil.copy(stub, folder / stub.name)
+            copied.append(stub.name)
+    return copied
+
+
+def check(name, *functions, quiet=False, **named):
+    """Check functions you wrote in a notebook: check("attention", attention), check("masks", causal_mask,
+    padding_mask) (in the order the exercise lists them) or by name. Prints the answer; returns the Report."""
+    ex = exercise(name)
+    given = dict(zip(ex.functions, functions), **named)
+    report = check_functions(ex, given)
+    if not quiet:
+        print(summary(report))
+    return report
+
+
+def check_folder(name, folder=WORKSPACE):
+    """Check the student's file folder/NAME.py -> Report."""
+    ex = exercise(name)
+    path = Path(folder) / ex.file
+    return check_functions(ex, load(path), where=path)
+
+
+def summary(report):
+    ex = report.exercise
+    number = list(EXERCISES).index(ex.name) + 1
+    if report.ok:
+        return f"{number}. {ex.name} ({ex.title}): passed all {report.passed} cases"
+    return f"{number}. {ex.name} ({ex.title}): {'not implemented yet' if report.not_implemented else 'FAILED'}\n  " \
+           + report.message
+
+
+def student_code(names, folder=WORKSPACE):
+    """The student's functions for plug_in: names is "attention,block" (or "all", every exercise that has a
+    place in the model). Each must pass its check first; otherwise SystemExit with one line saying which."""
+    wanted = list(PLUGS) if names.strip() == "all" else [n.strip() for n in names.split(",") if n.strip()]
+    functions = {}
+    for name in wanted:
+        if name not in PLUGS:
+            raise SystemExit(f"error: --student-code {name}: that exercise has no place in the model; these "
+                             f"do: {', '.join(PLUGS)} (or all)")
+        path = Path(folder) / exercise(name).file
+        functions[name] = load(path)
+        if not check_functions(exercise(name), functions[name], where=path).ok:
+            raise SystemExit(f"error: {path} does not pass its check yet; run `python -m exercises check {name}"
+                             f"{'' if str(folder) == WORKSPACE else ' --dir ' + str(folder)}` and fix it first")
+    return functions

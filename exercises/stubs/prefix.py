@@ -1,0 +1,22 @@
+"""Exercise 6: the prefix language model's mask (ClipCap, Mokady et al. 2021).
+
+The decoder reads [P prefix tokens made from the image ; T caption tokens]. The prefix is the image:
+every position may see all of it. The caption is predicted left to right: caption position t sees the
+prefix and the caption up to itself. The prefix positions see only the prefix.
+
+Check yourself:  python -m exercises check prefix
+The project's own answer is prefix_lm_mask in model/attention.py.
+"""
+
+import torch
+
+
+def prefix_lm_mask(P, T):
+    """(P + T, P + T) boolean mask, True meaning "may attend"; rows are queries, columns keys.
+
+    Hints:
+    1. Start from a causal mask over all P + T positions (torch.ones(L, L, dtype=torch.bool).tril()).
+    2. Then let every row see the whole prefix: the first P columns are True.
+    3. Check the top-left corner: prefix rows must not see any caption column.
+    """
+    raise NotImplementedError("not implemented yet")

@@ -1,0 +1,492 @@
+"""The exercises: the stubs say "not implemented yet", a student's correct code (written from the hints alone)
+passes, every listed mistake gets its diagnosis, and the captioner trains with the student's code."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import exercises
+import generate
+import train
+from exercises import EXERCISES, PLUGS, check, check_folder
+from exercises.__main__ import main as exercises_main
+from exercises.checker import STUBS
+from tests.test_distributed import assert_same_weights
+from tests.test_train import TINY
+
+# What a student writes, following each stub's docstring and hints; every function counts its calls, so a
+# test can see that the captioner really ran it.
+SOLUTIONS = {
+    "attention.py": '''
+import math
+import torch
+CALLS = []
+
+def attention(q, k, v, mask=None):
+    CALLS.append("attention")
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = scores.softmax(dim=-1)
+    return weights @ v, weights
+''',
+    "masks.py": '''
+import torch
+CALLS = []
+
+def causal_mask(T, S=None, device=None):
+    CALLS.append("causal_mask")
+    S = T if S is None else S
+    return torch.arange(S, device=device)[None, :] <= torch.arange(S - T, S, device=device)[:, None]
+
+def padding_mask(lengths, S):
+    CALLS.append("padding_mask")
+    return (torch.arange(S, device=lengths.device)[None, :] < lengths[:, None])[:, None, None, :]
+''',
+    "heads.py": '''
+CALLS = []
+
+def split_heads(x, heads):
+    CALLS.append("split_heads")
+    B, T, C = x.shape
+    return x.view(B, T, heads, C // heads).transpose(1, 2)
+
+def merge_heads(x):
+    CALLS.append("merge_heads")
+    B, H, T, D = x.shape
+    return x.transpose(1, 2).reshape(B, T, H * D)
+''',
+    "patches.py": '''
+CALLS = []
+
+def patch_embedding(images, weight, patch_size):
+    CALLS.append("patch_embedding")
+    B, _, S, _ = images.shape
+    p, g = patch_size, S // patch_size
+    x = images.view(B, 3, g, p, g, p).permute(0, 2, 4, 1, 3, 5).reshape(B, g * g, 3 * p * p)
+    return x @ weight.flatten(1).T
+''',
+    "block.py": '''
+CALLS = []
+
+def decoder_block(block, x, memory=None, mask=None, memory_mask=None, cache=None, return_attn=False):
+    CALLS.append("decoder_block")
+    self_cache, cross_cache = cache if cache is not None else (None, None)
+    a, self_w = block.self_attn(block.ln_1(x), mask=mask, cache=self_cache, return_attn=return_attn)
+    x = x + block.dropout(a)
+    cross_w = None
+    if hasattr(block, "cross_attn"):
+        a, cross_w = block.cross_attn(block.ln_2(x), memory, memory_mask, cross_cache, return_attn)
+        x = x + block.dropout(a)
+    x = x + block.dropout(block.mlp(block.ln_3(x)))
+    return x, self_w, cross_w
+''',
+    "prefix.py": '''
+import torch
+CALLS = []
+
+def prefix_lm_mask(P, T, device=None):
+    CALLS.append("prefix_lm_mask")
+    mask = torch.ones(P + T, P + T, dtype=torch.bool, device=device).tril()
+    mask[:, :P] = True
+    return mask
+''',
+    "cache.py": '''
+import math
+import torch
+CALLS = []
+
+def cached_attention(q, k, v, past=None):
+    CALLS.append("cached_attention")
+    if past is not None:
+        k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+    T, S = q.size(2), k.size(2)
+    mask = torch.arange(S)[None, :] <= torch.arange(S - T, S)[:, None]
+    scores = (q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))).masked_fill(~mask, float("-inf"))
+    return scores.softmax(-1) @ v, (k, v)
+''',
+    "filters.py": '''
+import torch
+CALLS = []
+
+def top_k_filter(logits, k):
+    CALLS.append("top_k_filter")
+    kth = logits.topk(min(k, logits.size(-1)), dim=-1).values[:, -1:]
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+def top_p_filter(logits, p):
+    CALLS.append("top_p_filter")
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    probs = sorted_logits.softmax(-1)
+    keep = probs.cumsum(-1) - probs < p
+    keep = torch.zeros_like(keep).scatter(-1, order, keep)
+    return logits.masked_fill(~keep, float("-inf"))
+''',
+    "beam.py": '''
+CALLS = []
+
+def best_beams(scores, K):
+    CALLS.append("best_beams")
+    B, K_in, V = scores.shape
+    best = scores.reshape(B, K_in * V).topk(K, dim=-1).indices
+    return best // V, best % V
+''',
+}
+
+
+def write_solutions(folder):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, source in SOLUTIONS.items():
+        (folder / name).write_text(source)
+    return folder
+
+
+def solution(name):
+    """The functions of one solution file, loaded as the checker loads a student's file."""
+    namespace = {}
+    exec(SOLUTIONS[f"{name}.py"], namespace)  # noqa: S102 - the test's own source
+    return {f: namespace[f] for f in EXERCISES[name].functions}
+
+
+def test_there_is_one_stub_and_one_solution_per_exercise_in_course_order():
+    assert list(EXERCISES) == ["attention", "masks", "heads", "patches", "block", "prefix", "cache", "filters", "beam"]
+    assert sorted(p.name for p in STUBS.glob("*.py")) == sorted(SOLUTIONS) == sorted(e.file for e in EXERCISES.values())
+
+
+@pytest.mark.parametrize("name", list(EXERCISES))
+def test_every_stub_as_shipped_says_not_implemented_yet(name):
+    report = check_folder(name, STUBS)
+    assert report.not_implemented and not report.ok
+    assert "is not implemented yet: open" in report.message and str(STUBS / f"{name}.py") in report.message
+
+
+@pytest.mark.parametrize("name", list(EXERCISES))
+def test_the_projects_own_code_and_a_students_from_the_hints_pass(name):
+    assert check(name, **EXERCISES[name].functions, quiet=True).ok  # the reference is model/'s code
+    report = check(name, **solution(name), quiet=True)
+    assert report.ok, report.message
+    assert report.passed == len(EXERCISES[name].cases) >= 2
+
+
+# (exercise, the wrong function as a student might write it, words the diagnosis must contain)
+MISTAKES = [
+    ("attention", '''
+def attention(q, k, v, mask=None):
+    scores = q @ k.transpose(-2, -1)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    w = torch.softmax(scores, -1)
+    return w @ v, w''', "not divided by sqrt(D)"),
+    ("attention", '''
+def attention(q, k, v, mask=None):
+    scores = q @ k.transpose(-2, -1) / q.shape[-1]
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    w = torch.softmax(scores, -1)
+    return w @ v, w''', "divided by D, not by sqrt(D)"),
+    ("attention", '''
+def attention(q, k, v, mask=None):
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    w = torch.softmax(scores, dim=2)
+    return w @ v, w''', "softmax runs over the wrong axis"),
+    ("attention", '''
+def attention(q, k, v, mask=None):
+    w = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), -1)
+    if mask is not None:
+        w = w * mask
+    return w @ v, w''', "mask is applied after the softmax"),
+    ("attention", '''
+def attention(q, k, v, mask=None):
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        scores[mask.expand_as(scores)] = float("-inf")
+    w = torch.softmax(scores, -1)
+    return w @ v, w''', "mask is read the wrong way round"),
+    ("masks", '''
+def causal_mask(T, S=None):
+    S = S or T
+    return torch.triu(torch.ones(T, S), diagonal=1) * float("-inf")''', "the mask is not boolean"),
+    ("masks", '''
+def causal_mask(T, S=None):
+    S = S or T
+    return torch.ones(T, S, dtype=torch.bool).triu()''', "causal mask is upside down"),
+    ("masks", '''
+def causal_mask(T, S=None):
+    S = S or T
+    return torch.ones(T, S, dtype=torch.bool).tril(-1 + S - T)''', "a position cannot see itself"),
+    ("masks", '''
+def causal_mask(T, S=None):
+    S = S or T
+    return torch.arange(S)[None, :] <= torch.arange(T)[:, None]''', "the LAST T positions"),
+    ("masks", '''
+def padding_mask(lengths, S):
+    return torch.arange(S)[None, :] < lengths[:, None]''', "shape (B, 1, 1, S)"),
+    ("masks", '''
+def padding_mask(lengths, S):
+    return (torch.arange(S)[None, :] >= lengths[:, None])[:, None, None, :]''', "padding mask is the wrong way"),
+    ("heads", '''
+def split_heads(x, heads):
+    B, T, C = x.shape
+    return x.view(B, heads, T, C // heads)''', "reshaped without transposing"),
+    ("heads", '''
+def merge_heads(x):
+    B, H, T, D = x.shape
+    return x.reshape(B, T, H * D)''', "merged without transposing back"),
+    ("heads", '''
+def split_heads(x, heads):
+    B, T, C = x.shape
+    return x.view(B, T, C // heads, heads).permute(0, 3, 1, 2)''', "wrong order"),
+    ("patches", '''
+def patch_embedding(images, weight, p):
+    B, _, S, _ = images.shape
+    g = S // p
+    x = images.view(B, 3, g, p, g, p).permute(0, 4, 2, 1, 3, 5).reshape(B, g * g, -1)
+    return x @ weight.flatten(1).T''', "column by column"),
+    ("patches", '''
+def patch_embedding(images, weight, p):
+    B, _, S, _ = images.shape
+    g = S // p
+    x = images.view(B, 3, g, p, g, p).permute(0, 2, 4, 3, 5, 1).reshape(B, g * g, -1)
+    return x @ weight.flatten(1).T''', "flattened channel-last"),
+    ("block", '''
+def decoder_block(block, x, memory=None, mask=None, memory_mask=None, cache=None, return_attn=False):
+    x = block.ln_1(x + block.self_attn(x, mask=mask)[0])
+    x = block.ln_2(x + block.cross_attn(x, memory, memory_mask)[0])
+    x = block.ln_3(x + block.mlp(x))
+    return x, None, None''', "post-norm"),
+    ("block", '''
+def decoder_block(block, x, memory=None, mask=None, memory_mask=None, cache=None, return_attn=False):
+    x = block.ln_1(x)
+    x = x + block.self_attn(x, mask=mask)[0]
+    x = block.ln_2(x)
+    x = x + block.cross_attn(x, memory, memory_mask)[0]
+    x = block.ln_3(x)
+    x = x + block.mlp(x)
+    return x, None, None''', "residual adds to the normalised x"),
+    ("block", '''
+def decoder_block(block, x, memory=None, mask=None, memory_mask=None, cache=None, return_attn=False):
+    x = x + block.self_attn(block.ln_1(x), mask=mask)[0]
+    x = x + block.mlp(block.ln_3(x))
+    return x, None, None''', "cross-attention step is missing"),
+    ("block", '''
+def decoder_block(block, x, memory=None, mask=None, memory_mask=None, cache=None, return_attn=False):
+    x = block.self_attn(block.ln_1(x), mask=mask)[0]
+    x = x + block.cross_attn(block.ln_2(x), memory, memory_mask)[0]
+    x = x + block.mlp(block.ln_3(x))
+    return x, None, None''', "replaces x instead of being added"),
+    ("prefix", '''
+def prefix_lm_mask(P, T):
+    mask = torch.ones(P + T, P + T).tril()
+    mask[:, :P] = 1
+    return mask''', "the mask is not boolean"),
+    ("prefix", '''
+def prefix_lm_mask(P, T):
+    return torch.ones(P + T, P + T, dtype=torch.bool).tril()''', "the prefix is causal"),
+    ("prefix", '''
+def prefix_lm_mask(P, T):
+    mask = torch.ones(P + T, P + T, dtype=torch.bool).tril()
+    mask[:P, :] = True
+    mask[:, :P] = True
+    return mask''', "prefix positions can see the caption"),
+    ("prefix", '''
+def prefix_lm_mask(P, T):
+    mask = torch.zeros(P + T, P + T, dtype=torch.bool)
+    mask[:, :P] = True
+    mask[P:, P:] = True
+    return mask''', "caption is not causal"),
+    ("cache", '''
+def cached_attention(q, k, v, past=None):
+    if past is not None:
+        k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+    T, S = q.size(2), k.size(2)
+    mask = torch.arange(S)[None, :] <= torch.arange(S - T, S)[:, None]
+    w = (q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))).masked_fill(~mask, float("-inf")).softmax(-1)
+    return w @ v, (k[:, :, -1:], v[:, :, -1:]) if past is None else (k, v)''', "forgets the prompt"),
+    ("cache", '''
+def cached_attention(q, k, v, past=None):
+    k_all = k if past is None else torch.cat([past[0], k], dim=2)
+    v_all = v if past is None else torch.cat([past[1], v], dim=2)
+    T, S = q.size(2), k_all.size(2)
+    mask = torch.arange(S)[None, :] <= torch.arange(S - T, S)[:, None]
+    w = (q @ k_all.transpose(-2, -1) / math.sqrt(q.size(-1))).masked_fill(~mask, float("-inf")).softmax(-1)
+    return w @ v_all, (k, v)''', "keeps only the newest step"),
+    ("cache", '''
+def cached_attention(q, k, v, past=None):
+    if past is not None:
+        k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+    w = (q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))).softmax(-1)
+    return w @ v, (k, v)''', "causal_mask(T, S)"),
+    ("cache", '''
+def cached_attention(q, k, v, past=None):
+    T = q.size(2)
+    mask = torch.ones(T, T, dtype=torch.bool).tril()
+    w = (q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))).masked_fill(~mask, float("-inf")).softmax(-1)
+    return w @ v, None''', "the cache returned is empty"),
+    ("filters", '''
+def top_k_filter(logits, k):
+    kth = logits.topk(k, dim=-1).values[:, -1:]
+    return logits.masked_fill(logits < kth, float("-inf"))''', "min(k, V)"),
+    ("filters", '''
+def top_k_filter(logits, k):
+    kth = logits.topk(min(k, logits.size(-1)), dim=-1).values[:, -1:]
+    return logits.masked_fill(logits < kth, 0.0)''', "not to 0"),
+    ("filters", '''
+def top_k_filter(logits, k):
+    kth = logits.topk(min(k, logits.size(-1)), dim=-1).values[:, -1:]
+    return logits.masked_fill(logits < kth, float("-inf")).softmax(-1)''', "returns probabilities"),
+    ("filters", '''
+def top_k_filter(logits, k):
+    kth = torch.sort(logits, descending=True).values[:, min(k, logits.size(-1)) - 1 : min(k, logits.size(-1))]
+    return torch.where(logits > kth, logits, torch.full_like(logits, float("-inf")))''', "keeps k - 1"),
+    ("filters", '''
+def top_p_filter(logits, p):
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    probs = sorted_logits.softmax(-1)
+    keep_sorted = probs.cumsum(-1) - probs < p
+    keep = torch.zeros_like(keep_sorted)
+    keep[:, order[0]] = keep_sorted
+    return logits.masked_fill(~keep, float("-inf"))''', "another row's sorting order"),
+    ("filters", '''
+def top_p_filter(logits, p):
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    keep_sorted = sorted_logits.softmax(-1).cumsum(-1) <= p
+    keep = keep_sorted.gather(-1, order.argsort(-1))
+    return logits.masked_fill(~keep, float("-inf"))''', "keeps too few tokens"),
+    ("filters", '''
+def top_p_filter(logits, p):
+    probs = logits.softmax(-1)
+    return logits.masked_fill(probs.cumsum(-1) - probs >= p, float("-inf"))''', "vocabulary order"),
+    ("beam", '''
+def best_beams(scores, K):
+    B, K_in, V = scores.shape
+    best = scores.reshape(B, -1).topk(K, dim=-1).indices
+    return best / V, best % V''', "true division"),
+    ("beam", '''
+def best_beams(scores, K):
+    token = scores.argmax(-1)
+    return torch.arange(scores.size(1)).repeat(scores.size(0), 1), token''', "chose within each beam"),
+    ("beam", '''
+def best_beams(scores, K):
+    B, K_in, V = scores.shape
+    best = scores.reshape(B, -1).topk(K, dim=-1).indices
+    return best % V, best // V''', "beam and token are swapped"),
+    ("beam", '''
+def best_beams(scores, K):
+    B, K_in, V = scores.shape
+    best = scores.reshape(B, -1).topk(K, dim=-1).indices
+    return best % K_in, best // K_in''', "decoded with the wrong size"),
+]
+
+
+@pytest.mark.parametrize("name, source, diagnosis", MISTAKES, ids=[f"{m[0]}: {m[2]}" for m in MISTAKES])
+def test_each_common_mistake_gets_its_diagnosis(name, source, diagnosis):
+    namespace = {}
+    exec("import math\nimport torch\n" + source, namespace)  # noqa: S102 - the test's own source
+    wrong = {f: namespace[f] for f in EXERCISES[name].functions if f in namespace}
+    report = check(name, **(solution(name) | wrong), quiet=True)  # the exercise's other function is right
+    assert not report.ok
+    assert "Likely mistake: " in report.message and diagnosis in report.message, report.message
+
+
+def test_the_diagnoses_are_all_exercised():
+    """Every mistake an exercise lists is named by at least one wrong implementation above."""
+    for name, ex in EXERCISES.items():
+        for mistake in ex.mistakes:
+            assert any(n == name and d in mistake.diagnosis for n, _, d in MISTAKES), (name, mistake.diagnosis)
+
+
+def test_a_student_goes_from_the_stub_to_passing(tmp_path, capsys):
+    """The first ten minutes: check (the stubs are copied), read that it is not implemented, write it, pass."""
+    folder = tmp_path / "my_exercises"
+    assert exercises_main(["check", "attention", "--dir", str(folder)]) == 1
+    out = capsys.readouterr().out
+    assert f"copied 9 exercise stubs to {folder}/" in out and "not implemented yet" in out
+    stub = (folder / "attention.py").read_text()
+    assert "Hints:" in stub and "raise NotImplementedError" in stub
+    body = SOLUTIONS["attention.py"].split("def attention(q, k, v, mask=None):\n")[1].replace('    CALLS.append("attention")\n', "")
+    (folder / "attention.py").write_text(stub.replace('    raise NotImplementedError("not implemented yet")\n', body))
+    assert exercises_main(["check", "attention", "--dir", str(folder)]) == 0
+    assert "passed all 5 cases" in capsys.readouterr().out
+    assert exercises.start(folder) == []  # starting again never overwrites a student's work
+
+
+def test_broken_student_files_get_one_line_naming_the_file(tmp_path):
+    folder = tmp_path / "work"
+    exercises.start(folder)
+    (folder / "masks.py").write_text("def causal_mask(T, S=None):\n    return torch.ones(T, S\n")
+    with pytest.raises(SystemExit, match=r"masks.py line \d+: "):
+        check_folder("masks", folder)
+    (folder / "heads.py").write_text("import torch\ndef split_heads(x, heads):\n    return x.view(-1, 7, 3)\n\n"
+                                     "def merge_heads(x):\n    return x\n")
+    report = check_folder("heads", folder)
+    assert "split_heads() raised RuntimeError" in report.message and "heads.py line 3" in report.message
+
+
+def test_grading_a_folder_gives_a_table_a_json_and_an_exit_code(tmp_path, capsys):
+    folder = write_solutions(tmp_path / "student")
+    (folder / "beam.py").write_text(SOLUTIONS["beam.py"].replace("best // V, best % V", "best % V, best // V"))
+    assert exercises_main(["check", "all", "--dir", str(folder), "--json", str(tmp_path / "grade.json")]) == 1
+    out = capsys.readouterr().out
+    assert "8 of 9 exercises passed" in out and "beam and token are swapped" in out
+    grades = json.loads((tmp_path / "grade.json").read_text())
+    assert [g["passed"] for g in grades.values()] == [True] * 8 + [False]
+    (folder / "beam.py").write_text(SOLUTIONS["beam.py"])
+    assert exercises_main(["check", "all", "--dir", str(folder)]) == 0
+
+
+def student_calls(folder):
+    """How often each student function ran, counted by the loaded student files themselves (the checker
+    loads each file as a module). The check that comes before plugging in calls each function once per
+    case, a handful of times; the captioner calls them hundreds of times."""
+    from collections import Counter
+
+    return Counter(name for module in list(sys.modules.values()) if getattr(module, "__file__", None)
+                   and Path(module.__file__).parent == folder for name in getattr(module, "CALLS", []))
+
+
+def test_the_captioner_trains_and_captions_with_the_students_code(tmp_path, capsys):
+    """--student-code all puts the student's attention, masks, heads, patches, block, prefix mask, filters and
+    beam step into the model: the run ends with the weights of the normal run (the student's code computes
+    the same function, in another order of float operations), and generate.py draws attention pictures."""
+    folder = write_solutions(tmp_path / "student")
+    run = TINY + ["--epochs", "1", "--decoder-dropout", "0"]
+    train.main(run + ["--out", str(tmp_path / "ours")])
+    train.main(run + ["--out", str(tmp_path / "theirs"), "--student-code", "all", "--student-dir", str(folder)])
+    called, by_the_check = student_calls(folder), {c.function: 0 for e in EXERCISES.values() for c in e.cases}
+    for e in EXERCISES.values():
+        for c in e.cases:
+            by_the_check[c.function] += 1
+    for name in ("attention", "padding_mask", "split_heads", "merge_heads", "patch_embedding", "decoder_block",
+                 "prefix_lm_mask"):  # each at least once in each of the 8 training steps
+        assert called[name] >= by_the_check[name] + 8, (name, called[name])
+    ours, theirs = (torch.load(tmp_path / run_name / "checkpoint.pt", weights_only=True)["model"]
+                    for run_name in ("ours", "theirs"))
+    assert_same_weights(ours, theirs)
+    logs = [(tmp_path / n / "metrics.jsonl").read_text().splitlines()[-1] for n in ("ours", "theirs")]
+    assert json.loads(logs[0])["test_exact"] == json.loads(logs[1])["test_exact"]
+
+    scene = tmp_path / "scene.png"
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), (200, 40, 40)).save(scene)
+    results = generate.main([str(tmp_path / "theirs" / "model"), str(scene), "--beam", "2", "--attention",
+                             str(tmp_path / "pictures"), "--student-code", "all", "--student-dir", str(folder)])
+    assert (tmp_path / "pictures" / "scene.png").exists() and results[0]["captions"]
+    assert student_calls(folder)["best_beams"] > by_the_check["best_beams"]  # beam search ran it
+    assert sys.modules["model.attention"].attention is EXERCISES["attention"].functions["attention"]  # put back afterwards
+
+
+def test_code_that_fails_its_check_is_not_plugged_in(tmp_path):
+    folder = tmp_path / "work"
+    exercises.start(folder)
+    with pytest.raises(SystemExit, match="attention.py does not pass its check yet; run `python -m exercises check "
+                                         "attention --dir"):
+        train.main(TINY + ["--out", str(tmp_path / "x"), "--student-code", "attention", "--student-dir", str(folder)])
+    with pytest.raises(SystemExit, match="cache: that exercise has no place in the model"):
+        exercises.student_code("cache", folder)
+    assert set(PLUGS) == set(EXERCISES) - {"cache"}
