@@ -51,11 +51,14 @@ def check(name, *functions, quiet=False, **named):
     return report
 
 
-def check_folder(name, folder=WORKSPACE):
-    """Check the student's file folder/NAME.py -> Report."""
+def check_folder(name, folder=WORKSPACE, quiet=True):
+    """Check the student's file folder/NAME.py -> Report (printed too unless quiet)."""
     ex = exercise(name)
     path = Path(folder) / ex.file
-    return check_functions(ex, load(path), where=path)
+    report = check_functions(ex, load(path), where=path)
+    if not quiet:
+        print(summary(report))
+    return report
 
 
 def summary(report):

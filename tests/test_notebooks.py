@@ -21,11 +21,17 @@ def test_notebook_is_committed_without_outputs(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_runs(path):
+def test_notebook_runs_and_shows_its_figures(path):
+    """Runs top to bottom; every cell that ends by drawing (plt.show(), or a matplotlib Figure such as
+    attention_figure's as the cell's value) shows a picture, not the text `<Figure size ...>`."""
     from nbclient import NotebookClient
 
     nb = nbformat.read(path, as_version=4)
     NotebookClient(nb, timeout=240, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    for cell in nb.cells:
+        last = cell.source.rstrip().splitlines()[-1] if cell.cell_type == "code" else ""  # not inside a def
+        if not last.startswith(" ") and any(draws in last for draws in ("plt.show()", "_figure(", "show_samples(")):
+            assert any("image/png" in out.get("data", {}) for out in cell.outputs), f"{path.name}: {cell.source[:80]}"
 
 
 def test_regenerating_the_notebooks_changes_nothing(tmp_path):
