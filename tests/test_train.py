@@ -263,7 +263,7 @@ def test_compile_trains_the_same_weights_and_checkpoints_the_plain_model(tmp_pat
     CPU, too long for this suite, so here the graphs TorchDynamo captures run with the "aot_eager"
     backend (the same tracing and autograd graphs, not compiled to C++); tests/test_gpu.py compiles
     for real on a GPU."""
-    run(tmp_path, "eager", "--epochs", "1", "--decoder-dropout", "0")
+    run(tmp_path, "eager", "--stop-after", "4", "--decoder-dropout", "0")
     graphs, real_compile = [], torch.compile
 
     def aot_eager_that_counts(graph, example_inputs):  # a TorchDynamo backend: gets each captured graph
@@ -271,7 +271,7 @@ def test_compile_trains_the_same_weights_and_checkpoints_the_plain_model(tmp_pat
         return torch._dynamo.lookup_backend("aot_eager")(graph, example_inputs)
 
     monkeypatch.setattr(torch, "compile", lambda model: real_compile(model, backend=aot_eager_that_counts))
-    run(tmp_path, "compiled", "--epochs", "1", "--decoder-dropout", "0", "--compile")
+    run(tmp_path, "compiled", "--stop-after", "4", "--decoder-dropout", "0", "--compile")
     assert graphs  # the training steps ran through captured graphs
     eager, compiled = (torch.load(tmp_path / name / "checkpoint.pt", weights_only=True)["model"]
                        for name in ("eager", "compiled"))
