@@ -17,7 +17,8 @@ def config_from_dict(cls, values, where):
     if not isinstance(values, dict):
         raise ValueError(f"{where}: expected an object of {cls.__name__} fields, found {type(values).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown, missing = sorted(set(values) - set(fields)), sorted(set(fields) - set(values))
+    unknown = sorted(set(values) - set(fields))
+    missing = sorted(set(fields) - set(values) - getattr(cls, "ADDED_LATER", set()))  # those take their defaults
     if unknown:
         raise ValueError(f"{where}: unknown field {unknown[0]!r} (a {cls.__name__} has {', '.join(fields)})")
     if missing:
@@ -74,11 +75,12 @@ class CaptionModel(nn.Module):
         return self
 
     def encode(self, images):
-        """images: (B, 3, H, W), normalised -> (clip_embed (B, E), patches (B, N, patch_dim))."""
+        """images: (B, 3, H, W), normalised -> (clip_embed (B, E), patches (B, N, patch_dim)); the patches
+        start with the class token when the ViT's config says the decoder reads it too."""
         if self.encoder is None:
             raise ValueError("this model has no image encoder: it reads precomputed features")
         out = self.encoder(images)
-        return out.pooled, out.patches
+        return out.pooled, out.tokens if self.encoder.config.class_token_in_memory else out.patches
 
     def image_inputs(self, images=None, features=None):
         """What the decoder reads of the images: encoded here from pixels, or given as precomputed
@@ -86,6 +88,17 @@ class CaptionModel(nn.Module):
         if (images is None) == (features is None):
             raise ValueError("pass either images or features (clip_embed, patches)")
         return self.encode(images) if images is not None else features
+
+    @property
+    def reads_class_token(self):
+        """Whether the decoder's memory starts with the class token before the patches (ViT-GPT2)."""
+        return self.encoder is not None and self.encoder.config.class_token_in_memory
+
+    def memory_mask(self, patch_mask):
+        """A (B, N) mask over the patches -> one over the decoder's memory (the class token stays visible)."""
+        if patch_mask is None or not self.reads_class_token:
+            return patch_mask
+        return torch.cat([patch_mask.new_ones(patch_mask.size(0), 1), patch_mask], dim=1)  # (B, 1 + N)
 
     def conditioning(self, images=None, features=None, prefix_images=None):
         """(clip_embed, patches) the decoder reads; prefix_images (B, 3, H, W), if given, make the prefix
@@ -99,7 +112,7 @@ class CaptionModel(nn.Module):
         """tokens: (B, T); images: (B, 3, H, W) or features: ((B, E), (B, N, patch_dim))
         -> DecoderOutput (logits (B, T, V))."""
         clip_embed, patches = self.image_inputs(images, features)
-        return self.decoder(tokens, clip_embed, patches, lengths, patch_mask, return_attn=return_attn)
+        return self.decoder(tokens, clip_embed, patches, lengths, self.memory_mask(patch_mask), return_attn=return_attn)
 
     @torch.no_grad()
     def generate(self, bos_id, eos_id, images=None, features=None, options=DecodingOptions(), patch_mask=None,
@@ -110,7 +123,8 @@ class CaptionModel(nn.Module):
         embedding makes the prefix instead (a region's crop). -> a list of options.num (B, T_new) tensors.
         """
         clip_embed, patches = self.conditioning(images, features, prefix_images)
-        return decode(self.decoder, clip_embed, patches, bos_id, eos_id, options, patch_mask, generator)
+        return decode(self.decoder, clip_embed, patches, bos_id, eos_id, options, self.memory_mask(patch_mask),
+                      generator)
 
     @torch.no_grad()
     def cross_attention(self, tokens, images=None, features=None, patch_mask=None, prefix_images=None):
@@ -118,11 +132,11 @@ class CaptionModel(nn.Module):
         -> (layers, B, H, T, N) cross-attention weights over the patches (row t is the query that
         predicted token t + 1), or None for a decoder without cross-attention (pure ClipCap)."""
         clip_embed, patches = self.conditioning(images, features, prefix_images)
-        out = self.decoder(tokens, clip_embed, patches, patch_mask=patch_mask, return_attn=True)
+        out = self.decoder(tokens, clip_embed, patches, patch_mask=self.memory_mask(patch_mask), return_attn=True)
         if out.cross_attn[0] is None:
             return None
-        P = self.decoder.config.prefix_len
-        return torch.stack(out.cross_attn)[:, :, :, P:]  # (layers, B, H, T, N), the caption's rows
+        P, first_patch = self.decoder.config.prefix_len, int(self.reads_class_token)
+        return torch.stack(out.cross_attn)[:, :, :, P:, first_patch:]  # (layers, B, H, T, N), caption rows
 
 
 def build_caption_model(vit: ViTConfig, decoder: DecoderConfig, vocab_size, frozen_vit=None):

@@ -31,6 +31,10 @@ class DecoderConfig:
     cross_attention: bool = True  # False gives pure ClipCap: the prefix is the only image input
     dropout: float = 0.1  # on every residual branch, training only
     fused: bool = True  # F.scaled_dot_product_attention unless attention weights are asked for
+    gelu: str = "exact"  # the MLP's GELU: "exact", or "tanh" (GPT-2's approximation)
+    patch_proj: str = "linear_norm"  # image tokens into cross-attention: "linear_norm", "linear" or "none" (same width)
+
+    ADDED_LATER = {"gelu", "patch_proj"}  # absent from older model folders: their defaults are how those behaved
 
 
 @dataclass
@@ -82,7 +86,7 @@ class DecoderBlock(nn.Module):
             self.ln_2 = nn.LayerNorm(C)
             self.cross_attn = MultiHeadAttention(C, config.heads, fused=config.fused)
         self.ln_3 = nn.LayerNorm(C)
-        self.mlp = MLP(C, int(C * config.mlp_ratio))
+        self.mlp = MLP(C, int(C * config.mlp_ratio), gelu=config.gelu)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x, memory=None, mask=None, memory_mask=None, cache=None, return_attn=False):
@@ -124,9 +128,15 @@ class CaptionDecoder(nn.Module):
         self.config = c = config
         self.token_embedding = nn.Embedding(c.vocab_size, c.width)
         self.positional_embedding = nn.Parameter(torch.randn(c.max_len, c.width) * 0.01)
-        self.prefix = PrefixMapper(c)
-        if c.cross_attention:
+        if c.prefix_len:  # ClipCap's prefix; a plain language model (GPT-2 with cross-attention) has none
+            self.prefix = PrefixMapper(c)
+        if c.cross_attention and c.patch_proj == "linear_norm":
             self.patch_proj = nn.Sequential(nn.Linear(c.patch_dim, c.width), nn.LayerNorm(c.width))
+        elif c.cross_attention and c.patch_proj == "linear":  # Hugging Face's enc_to_dec_proj
+            self.patch_proj = nn.Linear(c.patch_dim, c.width)
+        elif c.cross_attention and (c.patch_proj != "none" or c.patch_dim != c.width):
+            raise ValueError(f"patch_proj must be 'linear_norm', 'linear' or 'none' (with patch_dim == width), "
+                             f"not {c.patch_proj!r} with patch_dim {c.patch_dim} and width {c.width}")
         self.blocks = nn.ModuleList(DecoderBlock(c) for _ in range(c.layers))
         self.ln_f = nn.LayerNorm(c.width)
         nn.init.normal_(self.token_embedding.weight, std=0.02)
@@ -150,8 +160,9 @@ class CaptionDecoder(nn.Module):
         if start + T > self.config.max_len:
             raise ValueError(f"caption of {start + T} tokens is longer than max_len={self.config.max_len}")
         x = self.token_embedding(tokens) + self.positional_embedding[start : start + T]  # (B, T, C)
-        if first:
+        if first and P:
             x = torch.cat([self.prefix(clip_embed).to(x.dtype), x], dim=1)  # (B, L, C)
+        if first:
             mask = prefix_lm_mask(P, T, device=x.device)  # (L, L): prefix seen whole, caption causal
         elif T > 1:
             mask = causal_mask(T, cache.length + T, device=x.device)  # (T, S): all earlier positions
@@ -164,7 +175,7 @@ class CaptionDecoder(nn.Module):
         if self.config.cross_attention and first:
             if patches is None:
                 raise ValueError("this decoder cross-attends to the image: pass its patch tokens")
-            memory = self.patch_proj(patches).to(x.dtype)  # (B, N, C)
+            memory = (self.patch_proj(patches) if hasattr(self, "patch_proj") else patches).to(x.dtype)  # (B, N, C)
         memory_mask = patch_mask[:, None, None, :] if patch_mask is not None else None  # (B, 1, 1, N)
         self_attn, cross_attn = [], []
         for i, block in enumerate(self.blocks):

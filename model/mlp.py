@@ -12,12 +12,19 @@ class QuickGELU(nn.Module):
 
 
 class MLP(nn.Module):
-    """Linear -> GELU -> Linear, named c_fc / c_proj as in OpenCLIP. (..., C) -> (..., C)."""
+    """Linear -> GELU -> Linear, named c_fc / c_proj as in OpenCLIP and GPT-2. (..., C) -> (..., C).
 
-    def __init__(self, width, hidden, quick_gelu=False):
+    gelu: "exact" (erf), "tanh" (the tanh approximation GPT-2 was trained with, Hugging Face's gelu_new)
+    or "quick" (QuickGELU).
+    """
+
+    def __init__(self, width, hidden, quick_gelu=False, gelu="exact"):
         super().__init__()
+        gelu = "quick" if quick_gelu else gelu
+        if gelu not in ("exact", "tanh", "quick"):
+            raise ValueError(f"gelu must be 'exact', 'tanh' or 'quick', not {gelu!r}")
         self.c_fc = nn.Linear(width, hidden)
-        self.gelu = QuickGELU() if quick_gelu else nn.GELU()
+        self.gelu = QuickGELU() if gelu == "quick" else nn.GELU(approximate="tanh" if gelu == "tanh" else "none")
         self.c_proj = nn.Linear(hidden, width)
 
     def forward(self, x):

@@ -21,6 +21,12 @@ class ViTConfig:
     quick_gelu: bool = False  # True for OpenAI's original CLIP weights
     fused: bool = True  # use F.scaled_dot_product_attention unless weights are asked for
     sincos_init: bool = False  # start positions as 2-D sin-cos waves (helps training from scratch)
+    patch_bias: bool = False  # a bias in the patch projection (Hugging Face's ViT has one, OpenCLIP's not)
+    ln_pre: bool = True  # a LayerNorm before the blocks (OpenCLIP's); Hugging Face's ViT has none
+    norm_eps: float = 1e-5  # every LayerNorm's epsilon (Hugging Face's ViT: 1e-12)
+    class_token_in_memory: bool = False  # the decoder cross-attends to the class token too (VisionEncoderDecoder)
+
+    ADDED_LATER = {"patch_bias", "ln_pre", "norm_eps", "class_token_in_memory"}  # see DecoderConfig
 
     @property
     def grid(self):
@@ -38,6 +44,7 @@ class VisionOutput:
     pooled: torch.Tensor  # (B, E) class token after ln_post, projected: CLIP's image embedding
     patches: torch.Tensor  # (B, N - 1, C) patch tokens after ln_post, not projected
     attn: list = None  # with return_attn: one (B, H, N, N) tensor per layer
+    tokens: torch.Tensor = None  # (B, N, C) every token after ln_post, the class token first
 
 
 def sincos_2d(grid, width):
@@ -54,9 +61,9 @@ def sincos_2d(grid, width):
 class PatchEmbedding(nn.Module):
     """Cut the image into patches and project each linearly: a convolution with stride = kernel = patch."""
 
-    def __init__(self, patch_size, width):
+    def __init__(self, patch_size, width, bias=False):
         super().__init__()
-        self.proj = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size, bias=False)
+        self.proj = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size, bias=bias)
 
     def forward(self, images):
         """images: (B, 3, image_size, image_size) -> (B, grid * grid, C)."""
@@ -67,11 +74,11 @@ class PatchEmbedding(nn.Module):
 class EncoderBlock(nn.Module):
     """Pre-norm transformer block: self-attention then MLP, each inside a residual."""
 
-    def __init__(self, width, heads, mlp_ratio=4.0, quick_gelu=False, fused=True):
+    def __init__(self, width, heads, mlp_ratio=4.0, quick_gelu=False, fused=True, eps=1e-5):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(width)
+        self.ln_1 = nn.LayerNorm(width, eps=eps)
         self.attn = MultiHeadAttention(width, heads, fused=fused)
-        self.ln_2 = nn.LayerNorm(width)
+        self.ln_2 = nn.LayerNorm(width, eps=eps)
         self.mlp = MLP(width, int(width * mlp_ratio), quick_gelu)
 
     def forward(self, x, return_attn=False):
@@ -91,17 +98,17 @@ class VisionTransformer(nn.Module):
         self.config = c = config
         assert c.image_size % c.patch_size == 0, "image_size must be a multiple of patch_size"
         scale = c.width**-0.5
-        self.patch_embed = PatchEmbedding(c.patch_size, c.width)
+        self.patch_embed = PatchEmbedding(c.patch_size, c.width, c.patch_bias)
         self.class_embedding = nn.Parameter(scale * torch.randn(c.width))
         self.positional_embedding = nn.Parameter(scale * torch.randn(c.num_patches + 1, c.width))
         if c.sincos_init:
             with torch.no_grad():
                 self.positional_embedding[1:] = sincos_2d(c.grid, c.width)
-        self.ln_pre = nn.LayerNorm(c.width)
+        self.ln_pre = nn.LayerNorm(c.width, eps=c.norm_eps) if c.ln_pre else nn.Identity()
         self.blocks = nn.ModuleList(
-            EncoderBlock(c.width, c.heads, c.mlp_ratio, c.quick_gelu, c.fused) for _ in range(c.layers)
+            EncoderBlock(c.width, c.heads, c.mlp_ratio, c.quick_gelu, c.fused, c.norm_eps) for _ in range(c.layers)
         )
-        self.ln_post = nn.LayerNorm(c.width)
+        self.ln_post = nn.LayerNorm(c.width, eps=c.norm_eps)
         self.proj = nn.Parameter(scale * torch.randn(c.width, c.output_dim))
 
     def forward(self, images, return_attn=False):
@@ -116,7 +123,7 @@ class VisionTransformer(nn.Module):
             attn.append(weights)
         x = self.ln_post(x)
         pooled = x[:, 0] @ self.proj  # (B, E)
-        return VisionOutput(pooled, x[:, 1:], attn if return_attn else None)
+        return VisionOutput(pooled, x[:, 1:], attn if return_attn else None, x)
 
     def load_openclip_state_dict(self, state_dict):
         """Load the state_dict of an OpenCLIP `model.visual`: only two prefixes differ from ours."""

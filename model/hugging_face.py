@@ -1,0 +1,221 @@
+"""Hugging Face checkpoints into our own modules: GPT-2 (and DistilGPT2) into CaptionDecoder, ViT into
+VisionTransformer, and a VisionEncoderDecoder (ViT + GPT-2, e.g. nlpconnect/vit-gpt2-image-captioning) into
+CaptionModel. A name map per model, no second implementation: the captions then come from our attention,
+our KV cache and our sampler, and every attention step can be drawn.
+
+A folder in Hugging Face's layout holds config.json and model.safetensors (or pytorch_model.bin, read with
+torch.load(weights_only=True): no code in it runs). Each function refuses what it cannot load in one line
+that names the file.
+"""
+
+import json
+from pathlib import Path
+
+import torch
+
+from model.caption_model import CaptionModel, CaptionModelConfig
+from model.decoder import CaptionDecoder, DecoderConfig
+from model.vit import ViTConfig, VisionTransformer
+
+
+class HuggingFaceError(ValueError):
+    """A folder or file that is not what the loader expects; the message names it."""
+
+
+# ---------------------------------------------------------------------------------------------- files
+
+
+def read_config(folder):
+    path = Path(folder) / "config.json"
+    if not path.exists():
+        raise HuggingFaceError(f"{path} does not exist: not a Hugging Face model folder")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise HuggingFaceError(f"{path}: not JSON ({e})") from None
+
+
+def read_weights(folder):
+    """The state dict in `folder`: model.safetensors, else pytorch_model.bin (weights only)."""
+    folder = Path(folder)
+    if (folder / "model.safetensors").exists():
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(folder / "model.safetensors")
+        except Exception as e:  # noqa: BLE001 - safetensors raises several kinds for a broken file
+            raise HuggingFaceError(f"{folder / 'model.safetensors'}: not a safetensors file ({e})") from None
+    if (folder / "pytorch_model.bin").exists():
+        try:
+            return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - a pickle with code in it, or not a torch file at all
+            raise HuggingFaceError(f"{folder / 'pytorch_model.bin'}: cannot be read as plain weights "
+                                   f"({str(e).splitlines()[0]})") from None
+    raise HuggingFaceError(f"{folder}: no model.safetensors or pytorch_model.bin")
+
+
+def require(config, key, expected, where):
+    if config.get(key, expected) != expected:
+        raise HuggingFaceError(f"{where}: {key} = {config[key]!r} is not supported (only {expected!r})")
+
+
+def load_into(module, state_dict, where):
+    """module.load_state_dict, with a shape or name mismatch said in one line naming `where`."""
+    try:
+        module.load_state_dict(state_dict)
+    except RuntimeError as e:
+        first = [line.strip() for line in str(e).splitlines() if line.strip()][1:2] or [str(e)]
+        raise HuggingFaceError(f"{where}: the weights do not fit the config: {first[0][:200]}") from None
+
+
+# ---------------------------------------------------------------------------------------------- GPT-2
+
+
+def gpt2_decoder_config(config, where="config.json", patch_dim=None):
+    """A GPT2Config's dict (GPT-2, DistilGPT2; with add_cross_attention or not) -> our DecoderConfig."""
+    if config.get("model_type") != "gpt2":
+        raise HuggingFaceError(f"{where}: model_type is {config.get('model_type')!r}, not 'gpt2'")
+    require(config, "activation_function", "gelu_new", where)
+    require(config, "layer_norm_epsilon", 1e-5, where)
+    require(config, "scale_attn_weights", True, where)
+    require(config, "scale_attn_by_inverse_layer_idx", False, where)
+    width = config["n_embd"]
+    patch_dim = patch_dim or width
+    return DecoderConfig(
+        vocab_size=config["vocab_size"], max_len=config["n_positions"], width=width, layers=config["n_layer"],
+        heads=config["n_head"], mlp_ratio=(config.get("n_inner") or 4 * width) / width, prefix_len=0,
+        clip_dim=width, patch_dim=patch_dim, cross_attention=bool(config.get("add_cross_attention", False)),
+        dropout=0.0, gelu="tanh", patch_proj="none" if patch_dim == width else "linear")
+
+
+def conv1d(weight):
+    """GPT-2's Conv1D stores a linear map as (in, out); nn.Linear and our attention store (out, in)."""
+    return weight.t()
+
+
+def gpt2_state_dict(hf, config: DecoderConfig, prefix=""):
+    """The state dict of a GPT2LMHeadModel (or GPT2Model) -> our CaptionDecoder's names.
+
+    prefix: what precedes "transformer." in the file ("decoder." inside a VisionEncoderDecoder)."""
+    t = prefix + "transformer." if prefix + "transformer.wte.weight" in hf else prefix
+    ours = {"token_embedding.weight": hf[t + "wte.weight"],
+            "positional_embedding": hf[t + "wpe.weight"],
+            "ln_f.weight": hf[t + "ln_f.weight"], "ln_f.bias": hf[t + "ln_f.bias"]}
+    for i in range(config.layers):
+        h, b = f"{t}h.{i}.", f"blocks.{i}."
+        for theirs, mine in (("ln_1", "ln_1"), ("ln_2", "ln_3"), ("ln_cross_attn", "ln_2")):
+            if h + theirs + ".weight" in hf:
+                ours[b + mine + ".weight"], ours[b + mine + ".bias"] = hf[h + theirs + ".weight"], hf[h + theirs + ".bias"]
+        ours[b + "self_attn.in_proj_weight"] = conv1d(hf[h + "attn.c_attn.weight"])  # rows: W_q, W_k, W_v
+        ours[b + "self_attn.in_proj_bias"] = hf[h + "attn.c_attn.bias"]
+        ours[b + "self_attn.out_proj.weight"] = conv1d(hf[h + "attn.c_proj.weight"])
+        ours[b + "self_attn.out_proj.bias"] = hf[h + "attn.c_proj.bias"]
+        if config.cross_attention:  # queries from the caption (q_attn), keys and values from the image (c_attn)
+            x = h + "crossattention."
+            ours[b + "cross_attn.in_proj_weight"] = torch.cat([conv1d(hf[x + "q_attn.weight"]),
+                                                               conv1d(hf[x + "c_attn.weight"])])  # (3C, C)
+            ours[b + "cross_attn.in_proj_bias"] = torch.cat([hf[x + "q_attn.bias"], hf[x + "c_attn.bias"]])
+            ours[b + "cross_attn.out_proj.weight"] = conv1d(hf[x + "c_proj.weight"])
+            ours[b + "cross_attn.out_proj.bias"] = hf[x + "c_proj.bias"]
+        ours[b + "mlp.c_fc.weight"], ours[b + "mlp.c_fc.bias"] = conv1d(hf[h + "mlp.c_fc.weight"]), hf[h + "mlp.c_fc.bias"]
+        ours[b + "mlp.c_proj.weight"] = conv1d(hf[h + "mlp.c_proj.weight"])
+        ours[b + "mlp.c_proj.bias"] = hf[h + "mlp.c_proj.bias"]
+    return ours
+
+
+def load_gpt2_decoder(folder):
+    """A GPT-2 or DistilGPT2 folder (GPT2LMHeadModel) -> our CaptionDecoder with its weights, in eval mode.
+    Without cross-attention in the checkpoint (plain GPT-2), the decoder has none either; fresh
+    cross-attention layers for captioning are made by `with_fresh_cross_attention`."""
+    where = Path(folder) / "config.json"
+    config = gpt2_decoder_config(read_config(folder), where)
+    decoder = CaptionDecoder(config)
+    try:
+        state = gpt2_state_dict(read_weights(folder), config)
+    except KeyError as e:
+        raise HuggingFaceError(f"{Path(folder)}: the weights lack {e.args[0]}: not a GPT-2 checkpoint") from None
+    load_into(decoder, state, Path(folder))
+    return decoder.eval()
+
+
+# ---------------------------------------------------------------------------------------------- ViT
+
+
+def vit_config(config, where="config.json", class_token_in_memory=False):
+    """A ViTConfig's dict (google/vit-base-patch16-224-in21k and the like) -> our ViTConfig."""
+    if config.get("model_type") != "vit":
+        raise HuggingFaceError(f"{where}: model_type is {config.get('model_type')!r}, not 'vit'")
+    require(config, "hidden_act", "gelu", where)
+    require(config, "qkv_bias", True, where)
+    require(config, "num_channels", 3, where)
+    width = config["hidden_size"]
+    return ViTConfig(image_size=config["image_size"], patch_size=config["patch_size"], width=width,
+                     layers=config["num_hidden_layers"], heads=config["num_attention_heads"],
+                     mlp_ratio=config["intermediate_size"] / width, output_dim=width, patch_bias=True, ln_pre=False,
+                     norm_eps=config.get("layer_norm_eps", 1e-12), class_token_in_memory=class_token_in_memory)
+
+
+def vit_state_dict(hf, config: ViTConfig, prefix=""):
+    """The state dict of a ViTModel -> our VisionTransformer's names. Our `proj` (CLIP's projection) has no
+    counterpart: it becomes the identity, so `pooled` is the class token after the last LayerNorm."""
+    e = prefix + "embeddings."
+    ours = {"class_embedding": hf[e + "cls_token"].reshape(-1),
+            "positional_embedding": hf[e + "position_embeddings"][0],
+            "patch_embed.proj.weight": hf[e + "patch_embeddings.projection.weight"],
+            "patch_embed.proj.bias": hf[e + "patch_embeddings.projection.bias"],
+            "ln_post.weight": hf[prefix + "layernorm.weight"], "ln_post.bias": hf[prefix + "layernorm.bias"],
+            "proj": torch.eye(config.width)}
+    for i in range(config.layers):
+        h, b = f"{prefix}encoder.layer.{i}.", f"blocks.{i}."
+        a = h + "attention.attention."
+        ours[b + "attn.in_proj_weight"] = torch.cat([hf[a + n + ".weight"] for n in ("query", "key", "value")])
+        ours[b + "attn.in_proj_bias"] = torch.cat([hf[a + n + ".bias"] for n in ("query", "key", "value")])
+        ours[b + "attn.out_proj.weight"] = hf[h + "attention.output.dense.weight"]
+        ours[b + "attn.out_proj.bias"] = hf[h + "attention.output.dense.bias"]
+        for theirs, mine in (("layernorm_before", "ln_1"), ("layernorm_after", "ln_2"),
+                             ("intermediate.dense", "mlp.c_fc"), ("output.dense", "mlp.c_proj")):
+            ours[f"{b}{mine}.weight"], ours[f"{b}{mine}.bias"] = hf[f"{h}{theirs}.weight"], hf[f"{h}{theirs}.bias"]
+    return ours
+
+
+def load_vit(folder):
+    """A ViTModel folder -> our VisionTransformer with its weights, in eval mode."""
+    config = vit_config(read_config(folder), Path(folder) / "config.json")
+    vit = VisionTransformer(config)
+    hf = read_weights(folder)
+    prefix = "vit." if "vit.embeddings.cls_token" in hf else ""  # ViTForImageClassification keeps it under vit.
+    try:
+        state = vit_state_dict(hf, config, prefix)
+    except KeyError as e:
+        raise HuggingFaceError(f"{Path(folder)}: the weights lack {e.args[0]}: not a ViT checkpoint") from None
+    load_into(vit, state, Path(folder))
+    return vit.eval()
+
+
+# ---------------------------------------------------------------------------------------------- ViT + GPT-2
+
+
+def vision_encoder_decoder(folder):
+    """A VisionEncoderDecoder folder with a ViT encoder and a GPT-2 decoder -> (CaptionModel, its config dict).
+    The decoder cross-attends to every encoder token, the class token included, as Hugging Face's does."""
+    where = Path(folder) / "config.json"
+    config = read_config(folder)
+    if config.get("model_type") != "vision-encoder-decoder":
+        raise HuggingFaceError(f"{where}: model_type is {config.get('model_type')!r}, not 'vision-encoder-decoder'"
+                               " (a ViT-GPT2 captioner such as nlpconnect/vit-gpt2-image-captioning)")
+    vit = vit_config(config.get("encoder", {}), f"{where}, encoder", class_token_in_memory=True)
+    decoder = gpt2_decoder_config(config.get("decoder", {}), f"{where}, decoder", patch_dim=vit.width)
+    if not decoder.cross_attention:
+        raise HuggingFaceError(f"{where}, decoder: add_cross_attention is false: the decoder cannot see the image")
+    model = CaptionModel(CaptionModelConfig(vit, decoder, frozen_encoder=False))
+    hf = read_weights(folder)
+    try:
+        state = {"encoder." + k: v for k, v in vit_state_dict(hf, vit, "encoder.").items()}
+        state |= {"decoder." + k: v for k, v in gpt2_state_dict(hf, decoder, "decoder.").items()}
+        if decoder.patch_proj == "linear":
+            state["decoder.patch_proj.weight"] = hf["enc_to_dec_proj.weight"]
+            state["decoder.patch_proj.bias"] = hf["enc_to_dec_proj.bias"]
+    except KeyError as e:
+        raise HuggingFaceError(f"{Path(folder)}: the weights lack {e.args[0]}: not a ViT + GPT-2 checkpoint") from None
+    load_into(model, state, Path(folder))
+    return model.eval(), config

@@ -1,0 +1,114 @@
+"""Hugging Face checkpoints in our own modules, proven equal to `transformers` (a test-only dependency) on
+small random configurations the tests build and save themselves: nothing is downloaded."""
+
+import pytest
+import torch
+
+from model.caption_model import CaptionModel
+from model.hugging_face import HuggingFaceError, load_gpt2_decoder, load_vit, vision_encoder_decoder
+from model.sampling import DecodingOptions, decode
+
+transformers = pytest.importorskip("transformers")
+
+# Weights of std 0.3 (not 0.02) give the random models peaked, varied next-token choices.
+TINY_GPT2 = dict(initializer_range=0.3, vocab_size=61, n_positions=32, n_embd=24, n_layer=2, n_head=3, resid_pdrop=0.0, embd_pdrop=0.0,
+                 attn_pdrop=0.0, bos_token_id=60, eos_token_id=60)
+TINY_VIT = dict(initializer_range=0.3, image_size=32, patch_size=8, hidden_size=24, num_hidden_layers=2, num_attention_heads=3,
+                intermediate_size=40, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+
+def saved(model, folder):
+    """save_pretrained into a folder, as a user's download or their own fine-tune would be."""
+    model.save_pretrained(folder)
+    return folder
+
+
+def gpt2(tmp_path, cross_attention):
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(**TINY_GPT2, add_cross_attention=cross_attention)
+    theirs = transformers.GPT2LMHeadModel(config).eval()
+    return theirs, load_gpt2_decoder(saved(theirs, tmp_path / "gpt2"))
+
+
+@pytest.mark.parametrize("cross_attention", [False, True], ids=["gpt2", "gpt2+cross-attention"])
+def test_our_gpt2_equals_gpt2lmheadmodel(tmp_path, cross_attention):
+    theirs, ours = gpt2(tmp_path, cross_attention)
+    tokens = torch.randint(0, 61, (2, 9))
+    memory = torch.randn(2, 5, 24) if cross_attention else None
+    with torch.no_grad():
+        expected = theirs(tokens, encoder_hidden_states=memory).logits
+        got = ours(tokens, None, memory).logits
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_our_gpt2_with_a_kv_cache_equals_gpt2_token_by_token(tmp_path):
+    theirs, ours = gpt2(tmp_path, cross_attention=True)
+    tokens, memory = torch.randint(0, 61, (2, 7)), torch.randn(2, 5, 24)
+    cache, past = ours.new_cache(), None
+    with torch.no_grad():
+        for t in range(7):
+            step = tokens[:, t : t + 1]
+            out = theirs(step, encoder_hidden_states=memory, past_key_values=past, use_cache=True)
+            past = out.past_key_values
+            torch.testing.assert_close(ours(step, None, memory, cache=cache).logits, out.logits, rtol=1e-5, atol=1e-5)
+
+
+def test_our_vit_equals_vitmodel(tmp_path):
+    torch.manual_seed(0)
+    theirs = transformers.ViTModel(transformers.ViTConfig(**TINY_VIT), add_pooling_layer=False).eval()
+    ours = load_vit(saved(theirs, tmp_path / "vit"))
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(images).tokens, theirs(images).last_hidden_state, rtol=1e-5, atol=1e-5)
+
+
+def vit_gpt2(tmp_path):
+    torch.manual_seed(0)
+    config = transformers.VisionEncoderDecoderConfig.from_encoder_decoder_configs(
+        transformers.ViTConfig(**TINY_VIT), transformers.GPT2Config(**TINY_GPT2))
+    config.decoder_start_token_id = config.pad_token_id = config.eos_token_id = 60
+    theirs = transformers.VisionEncoderDecoderModel(config=config).eval()
+    ours, _ = vision_encoder_decoder(saved(theirs, tmp_path / "vit-gpt2"))
+    return theirs, ours
+
+
+def test_our_vit_gpt2_equals_visionencoderdecodermodel(tmp_path):
+    theirs, ours = vit_gpt2(tmp_path)
+    assert isinstance(ours, CaptionModel)
+    images, tokens = torch.randn(2, 3, 32, 32), torch.randint(0, 61, (2, 6))
+    with torch.no_grad():
+        expected = theirs(pixel_values=images, decoder_input_ids=tokens).logits
+        torch.testing.assert_close(ours(tokens, images=images).logits, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("beam", [1, 3], ids=["greedy", "beam 3"])
+def test_our_sampler_captions_like_generate_token_for_token(tmp_path, beam):
+    theirs, ours = vit_gpt2(tmp_path)
+    images = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        expected = theirs.generate(pixel_values=images, max_new_tokens=12, num_beams=beam, do_sample=False,
+                                   length_penalty=1.0, early_stopping=True if beam > 1 else False)[:, 1:]
+    got = ours.generate(60, 60, images=images, options=DecodingOptions(beam=beam, max_len=12))[0]
+    assert len({tuple(row) for row in expected.tolist()}) == 3  # three different captions: a test that can fail
+    for want, have in zip(expected.tolist(), got.tolist()):
+        n = want.index(60) + 1 if 60 in want else len(want)  # up to and with the end token
+        assert have[:n] == want[:n]
+
+
+def test_folders_that_are_not_what_the_loader_expects_get_one_line(tmp_path):
+    theirs, _ = gpt2(tmp_path, cross_attention=False)
+    with pytest.raises(HuggingFaceError, match=r"gpt2/config.json: model_type is 'gpt2', not 'vision-encoder-decoder'"):
+        vision_encoder_decoder(tmp_path / "gpt2")
+    with pytest.raises(HuggingFaceError, match=r"gpt2/config.json: model_type is 'gpt2', not 'vit'"):
+        load_vit(tmp_path / "gpt2")
+    with pytest.raises(HuggingFaceError, match=r"nothing/config.json does not exist"):
+        load_gpt2_decoder(tmp_path / "nothing")
+    (tmp_path / "gpt2" / "model.safetensors").unlink()
+    with pytest.raises(HuggingFaceError, match=r"gpt2: no model.safetensors or pytorch_model.bin"):
+        load_gpt2_decoder(tmp_path / "gpt2")
+    smaller = transformers.GPT2LMHeadModel(transformers.GPT2Config(**dict(TINY_GPT2, n_embd=12)))
+    saved(smaller, tmp_path / "small")
+    config = (tmp_path / "small" / "config.json").read_text().replace('"n_embd": 12', '"n_embd": 24')
+    (tmp_path / "small" / "config.json").write_text(config)
+    with pytest.raises(HuggingFaceError, match=r"small: the weights do not fit the config: size mismatch"):
+        load_gpt2_decoder(tmp_path / "small")
