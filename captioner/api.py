@@ -7,6 +7,7 @@ notebooks and the web page all caption through `Captioner`.
     captioner.caption([image, "b.png"], temperature=0.8, num=3)      # PIL images or paths; a list per image
     result = captioner.caption(image, attention=True)                # words, attention maps per word, rollout
     captioner.caption(image, region=(10, 40, 120, 200))              # only what is inside the box
+    Captioner.from_pretrained("vit-gpt2-image-captioning/")           # a Hugging Face ViT + GPT-2 folder
 """
 
 from contextlib import contextmanager
@@ -23,6 +24,49 @@ from data.tokenizer import tokenizer_from_dict
 from model.checkpoint import CheckpointError, load_model, save_model_folder
 from model.rollout import attention_rollout
 from model.sampling import DecodingOptions
+
+
+def is_hugging_face_folder(path):
+    """A folder whose config.json names a Hugging Face model_type (ours holds "model" and "tokenizer")."""
+    import json
+
+    try:
+        return path.is_dir() and "model_type" in json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+
+
+def hugging_face_preprocess(folder, image_size):
+    """preprocessor_config.json of a ViT (ViTImageProcessor) -> our preprocessing spec: squash to the
+    model's size with bilinear resampling, then the processor's mean and std."""
+    import json
+
+    path = folder / "preprocessor_config.json"
+    if not path.exists():
+        raise ValueError(f"{path} does not exist: it says how images are resized and normalised")
+    try:
+        p = json.loads(path.read_text())
+        size = p.get("size", image_size)
+        size = size.get("height", image_size) if isinstance(size, dict) else size
+        if size != image_size or p.get("resample", 2) != 2 or p.get("do_center_crop", False):
+            raise ValueError(f"{path}: only a bilinear resize to the encoder's {image_size} x {image_size} is "
+                             "supported")
+        return {"kind": "squash", "image_size": image_size, "resample": "bilinear",
+                "mean": list(p.get("image_mean", [0.5] * 3)), "std": list(p.get("image_std", [0.5] * 3))}
+    except (json.JSONDecodeError, AttributeError) as e:
+        raise ValueError(f"{path}: malformed ({e})") from None
+
+
+def hub_download(name):
+    """Fetch a model folder from the Hugging Face hub (only when the user asked) -> its local path."""
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise CheckpointError(f"{name}: downloading needs `pip install huggingface_hub`") from None
+    try:
+        return Path(snapshot_download(name, allow_patterns=["*.json", "*.txt", "*.safetensors"]))
+    except Exception as e:  # noqa: BLE001 - no internet, no such repository, ...
+        raise CheckpointError(f"{name}: could not be downloaded from the Hugging Face hub ({e})") from None
 
 
 @dataclass
@@ -71,19 +115,45 @@ class Captioner:
     # -- files ---------------------------------------------------------------------------------
 
     @classmethod
-    def from_pretrained(cls, path, device="cpu", for_images=False):
-        """Load a model folder (config.json + model.safetensors) or a training checkpoint (checkpoint.pt).
+    def from_pretrained(cls, path, device="cpu", for_images=False, download=False):
+        """Load a model folder (config.json + model.safetensors), a training checkpoint (checkpoint.pt), or a
+        Hugging Face ViT + GPT-2 captioner's folder (nlpconnect/vit-gpt2-image-captioning's layout).
 
+        download=True: a name on the Hugging Face hub ("nlpconnect/vit-gpt2-image-captioning") is fetched
+        first (needs internet and `pip install huggingface_hub`); nothing is ever downloaded otherwise.
         Raises CheckpointError, one sentence naming the file, for anything unusable, and with
         for_images=True for a model that reads only precomputed features. No code in the files is
         ever run: weights are read as safetensors or with torch.load(weights_only=True).
         """
         path = Path(path)
+        if download and not path.exists():
+            path = hub_download(str(path))
+        if is_hugging_face_folder(path):
+            return cls.from_hugging_face(path, device)
+        if not path.exists() and len(path.parts) == 2 and not str(path).startswith((".", "/")):
+            raise CheckpointError(f"{path}: no such model folder or checkpoint (a name on the Hugging Face hub is "
+                                  "downloaded only when asked: download=True, or --download)")
         model, info = load_model(path, device)
         if for_images and model.encoder is None:
             raise CheckpointError(f"{path} has no image encoder (it reads precomputed features), "
                                   "so it cannot caption image files")
         return cls.from_model(model, info, path / "config.json" if path.is_dir() else path)
+
+    @classmethod
+    def from_hugging_face(cls, folder, device="cpu"):
+        """A Hugging Face VisionEncoderDecoder folder (ViT + GPT-2, with vocab.json, merges.txt and
+        preprocessor_config.json) -> a Captioner whose every step is this project's code."""
+        from data.gpt2_bpe import GPT2Tokenizer
+        from model.hugging_face import HuggingFaceError, vision_encoder_decoder
+
+        folder = Path(folder)
+        try:
+            model, _ = vision_encoder_decoder(folder)
+            tokenizer = GPT2Tokenizer.from_folder(folder)
+            preprocess = hugging_face_preprocess(folder, model.config.vit.image_size)
+        except (HuggingFaceError, ValueError) as e:
+            raise CheckpointError(str(e)) from None
+        return cls(model.to(device), tokenizer, preprocess)
 
     @classmethod
     def from_model(cls, model, info, where="model"):
@@ -112,7 +182,7 @@ class Captioner:
 
     def texts(self, ids):
         """(B, T) token ids -> B strings."""
-        return [self.tokenizer.decode(row.tolist()) for row in ids]
+        return [self.tokenizer.decode(row.tolist()).strip() for row in ids]  # GPT-2 pieces carry their leading space
 
     @torch.no_grad()
     def caption(self, images, *, region=None, region_mask=None, attention=False, batch_size=32, **options):
@@ -186,7 +256,7 @@ class Captioner:
         encoded = self.model.encoder(pixels[None], return_attn=True)
         tokens = torch.tensor([[self.tokenizer.bos_id] + ids[:n]], device=self.device)  # (1, n + 1)
         cross = self.model.cross_attention(
-            tokens, features=(encoded.pooled, encoded.patches),
+            tokens, features=self.model.features_of(encoded),
             patch_mask=patch_mask[b : b + 1] if patch_mask is not None else None,
             prefix_images=prefix_images[b : b + 1] if prefix_images is not None else None)
         if cross is not None:  # (layers, 1, H, n + 1, N): row i is the query that wrote word i

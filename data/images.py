@@ -75,9 +75,9 @@ def load_images(paths):
     return loaded, errors
 
 
-def squash(image, size):
+def squash(image, size, resample="bicubic"):
     """Resize to size x size, aspect ratio not kept: (size, size, 3) uint8, writable."""
-    return np.array(image.resize((size, size), Image.BICUBIC))
+    return np.array(image.resize((size, size), {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}[resample]))
 
 
 def load_image_array(path, size):
@@ -89,25 +89,27 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's normalisation, 
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def normalize(pixels):
-    """uint8 (B, 3, H, W) -> float (B, 3, H, W) with CLIP's mean and standard deviation."""
-    mean = torch.tensor(CLIP_MEAN, device=pixels.device).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD, device=pixels.device).view(1, 3, 1, 1)
+def normalize(pixels, mean=CLIP_MEAN, std=CLIP_STD):
+    """uint8 (B, 3, H, W) -> float (B, 3, H, W) with CLIP's mean and standard deviation (or those given)."""
+    mean = torch.tensor(mean, device=pixels.device).view(1, 3, 1, 1)
+    std = torch.tensor(std, device=pixels.device).view(1, 3, 1, 1)
     return (pixels.float() / 255 - mean) / std
 
 
 def image_transform(spec):
     """The evaluation transform a checkpoint was trained with: PIL image -> float (3, S, S).
 
-    spec "squash": resize to S x S (aspect ratio not kept), CLIP normalisation.
+    spec "squash": resize to S x S (aspect ratio not kept; "resample": bicubic unless it says "bilinear", as
+    Hugging Face's ViT processor does), then normalise with the spec's mean and std (CLIP's by default).
     spec "openclip": OpenCLIP's own transform (resize the shorter side, centre crop), rebuilt from its settings.
     """
     if spec["kind"] == "squash":
-        size = spec["image_size"]
+        size, resample = spec["image_size"], spec.get("resample", "bicubic")
+        mean, std = spec.get("mean", CLIP_MEAN), spec.get("std", CLIP_STD)
 
         def squash_and_normalize(image):
-            array = squash(image, size)  # (S, S, 3)
-            return normalize(torch.from_numpy(array).permute(2, 0, 1)[None])[0]
+            array = squash(image, size, resample)  # (S, S, 3)
+            return normalize(torch.from_numpy(array).permute(2, 0, 1)[None], mean, std)[0]
 
         return squash_and_normalize
     import open_clip

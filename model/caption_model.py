@@ -79,8 +79,13 @@ class CaptionModel(nn.Module):
         start with the class token when the ViT's config says the decoder reads it too."""
         if self.encoder is None:
             raise ValueError("this model has no image encoder: it reads precomputed features")
-        out = self.encoder(images)
-        return out.pooled, out.tokens if self.encoder.config.class_token_in_memory else out.patches
+        return self.features_of(self.encoder(images))
+
+    def features_of(self, vision_output):
+        """A VisionOutput -> (clip_embed, patches) as the decoder reads them (the class token first when
+        the ViT's config says so)."""
+        out = vision_output
+        return out.pooled, out.tokens if self.reads_class_token else out.patches
 
     def image_inputs(self, images=None, features=None):
         """What the decoder reads of the images: encoded here from pixels, or given as precomputed

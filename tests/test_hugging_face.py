@@ -112,3 +112,57 @@ def test_folders_that_are_not_what_the_loader_expects_get_one_line(tmp_path):
     (tmp_path / "small" / "config.json").write_text(config)
     with pytest.raises(HuggingFaceError, match=r"small: the weights do not fit the config: size mismatch"):
         load_gpt2_decoder(tmp_path / "small")
+
+
+def vit_gpt2_folder(tmp_path):
+    """A complete ViT-GPT2 captioner folder in nlpconnect/vit-gpt2-image-captioning's layout, small and random:
+    the model, a GPT-2 tokenizer (vocab.json, merges.txt) and the image processor's settings."""
+    tokenizers = pytest.importorskip("tokenizers")
+    folder = tmp_path / "vit-gpt2-image-captioning"
+    folder.mkdir()
+    bpe = tokenizers.ByteLevelBPETokenizer()
+    bpe.train_from_iterator(["a dog runs on the grass", "a man rides a red bike"] * 10, vocab_size=300,
+                            min_frequency=1, special_tokens=["<|endoftext|>"])
+    bpe.save_model(str(folder))
+    vocab = bpe.get_vocab_size()
+    torch.manual_seed(0)
+    config = transformers.VisionEncoderDecoderConfig.from_encoder_decoder_configs(
+        transformers.ViTConfig(**TINY_VIT), transformers.GPT2Config(**dict(TINY_GPT2, vocab_size=vocab, bos_token_id=0,
+                                                                             eos_token_id=0)))
+    config.decoder_start_token_id = config.pad_token_id = config.eos_token_id = 0  # <|endoftext|>
+    model = transformers.VisionEncoderDecoderModel(config=config).eval()
+    model.save_pretrained(folder)
+    transformers.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder, model
+
+
+def test_a_vit_gpt2_folder_captions_through_our_api_as_transformers_does(tmp_path):
+    """What the README's line does with nlpconnect/vit-gpt2-image-captioning, on a small random copy: the
+    caption equals Hugging Face's own pipeline (processor, generate, decode), and survives our save/load."""
+    from PIL import Image
+
+    from captioner import Captioner
+
+    folder, model = vit_gpt2_folder(tmp_path)
+    images = [Image.fromarray(torch.randint(0, 255, (40, 50, 3), dtype=torch.uint8).numpy()) for _ in range(2)]
+    processor = transformers.ViTImageProcessor.from_pretrained(folder)
+    tokenizer = transformers.GPT2Tokenizer.from_pretrained(folder)
+    with torch.no_grad():
+        ids = model.generate(pixel_values=processor(images, return_tensors="pt").pixel_values, max_new_tokens=10)
+    expected = [t.strip() for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+    assert all(expected) and expected[0] != expected[1]
+    captioner = Captioner.from_pretrained(folder)
+    assert captioner.caption(images, max_len=10) == expected
+    result = captioner.caption(images[0], attention=True, max_len=10)  # where a real model looks, word by word
+    assert result.cross_attention.shape[-2:] == (4, 4)  # the class token's column left out of the picture
+    captioner.save_pretrained(tmp_path / "ours")
+    assert Captioner.from_pretrained(tmp_path / "ours").caption(images, max_len=10) == expected
+
+
+def test_a_hub_name_is_not_downloaded_unless_asked(tmp_path, monkeypatch):
+    from captioner import Captioner
+    from model.checkpoint import CheckpointError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CheckpointError, match=r"downloaded only when asked: download=True, or --download"):
+        Captioner.from_pretrained("nlpconnect/vit-gpt2-image-captioning")
