@@ -7,8 +7,11 @@
     python generate.py MODEL photo.jpg --region 10,40,120,200     # caption only what is inside the box
     python generate.py MODEL photo.jpg --attention pictures/ --student-code all   # with your exercises' code
 
-MODEL is a model folder (config.json + model.safetensors, as train.py writes into OUT/model) or a
-training checkpoint (OUT/checkpoint.pt). An image that cannot be read is reported in one line; every
+MODEL is a model folder (config.json + model.safetensors, as train.py writes into OUT/model), a
+training checkpoint (OUT/checkpoint.pt), or a Hugging Face ViT + GPT-2 captioner's folder:
+    python generate.py vit-gpt2-image-captioning/ photo.jpg --attention pictures/
+    python generate.py nlpconnect/vit-gpt2-image-captioning photo.jpg --download
+ An image that cannot be read is reported in one line; every
 other image is still captioned, and the exit status is 1 at the end.
 """
 
@@ -33,7 +36,10 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".ti
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", help="a model folder (config.json + model.safetensors) or a checkpoint.pt")
+    p.add_argument("model", help="a model folder (config.json + model.safetensors), a checkpoint.pt, or a Hugging "
+                   "Face ViT + GPT-2 folder (nlpconnect/vit-gpt2-image-captioning's layout)")
+    p.add_argument("--download", action="store_true", help="MODEL is a name on the Hugging Face hub: download it "
+                   "first (needs internet and huggingface_hub)")
     p.add_argument("images", nargs="+", help="image files, folders or glob patterns")
     decoding = add_dataclass_flags(p, DecodingOptions, title="decoding (the fields of model.sampling.DecodingOptions)")
     p.add_argument("--batch-size", type=int, default=32, help="images captioned together (default: 32)")
@@ -83,7 +89,8 @@ def main(argv=None):
 
 def caption_images(args):
     try:
-        captioner = Captioner.from_pretrained(args.model, pick_device(args.device), for_images=True)
+        captioner = Captioner.from_pretrained(args.model, pick_device(args.device), for_images=True,
+                                              download=args.download)
     except CheckpointError as e:
         sys.exit(f"error: {e}")
     layer = None if args.layer == "mean" else int(args.layer)

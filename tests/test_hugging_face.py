@@ -166,3 +166,14 @@ def test_a_hub_name_is_not_downloaded_unless_asked(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(CheckpointError, match=r"downloaded only when asked: download=True, or --download"):
         Captioner.from_pretrained("nlpconnect/vit-gpt2-image-captioning")
+
+
+def test_generate_py_captions_and_draws_with_a_vit_gpt2_folder(tmp_path):
+    import generate
+    from PIL import Image
+
+    folder, _ = vit_gpt2_folder(tmp_path)
+    Image.new("RGB", (48, 40), (30, 120, 200)).save(tmp_path / "photo.png")
+    results = generate.main([str(folder), str(tmp_path / "photo.png"), "--beam", "2", "--max-len", "8",
+                             "--attention", str(tmp_path / "pictures")])
+    assert results[0]["captions"][0] and (tmp_path / "pictures" / "photo.png").exists()
