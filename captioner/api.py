@@ -156,6 +156,24 @@ class Captioner:
         return cls(model.to(device), tokenizer, preprocess)
 
     @classmethod
+    def from_clipcap(cls, checkpoint, gpt2_folder, clip_pretrained="openai", device="cpu"):
+        """ClipCap's released weights (e.g. coco_weights.pt, MLP mapper) with GPT-2's tokenizer files
+        (vocab.json and merges.txt of a `gpt2` folder) and OpenCLIP's ViT-B-32: clip_pretrained "openai"
+        downloads it (the user asked, by calling this), a path reads a local copy, None is random."""
+        from data.gpt2_bpe import GPT2Tokenizer
+        from model.clip import load_clip_vit
+        from model.clipcap import clipcap_model
+        from model.hugging_face import HuggingFaceError
+
+        try:
+            vit, _ = load_clip_vit("ViT-B-32", clip_pretrained)
+            model = clipcap_model(checkpoint, vit)
+            tokenizer = GPT2Tokenizer.from_folder(gpt2_folder, end=".")  # ClipCap's captions end at the full stop
+        except (HuggingFaceError, ValueError) as e:
+            raise CheckpointError(str(e)) from None
+        return cls(model.to(device), tokenizer, dict(vit.preprocess_cfg, kind="openclip"))
+
+    @classmethod
     def from_model(cls, model, info, where="model"):
         """A Captioner of a loaded model and the "tokenizer" and "preprocess" saved with it (in `where`)."""
         try:

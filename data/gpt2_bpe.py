@@ -28,22 +28,25 @@ def byte_characters():
 
 class GPT2Tokenizer:
     """GPT-2's tokenizer with this project's interface: encode adds the start and end tokens (both
-    <|endoftext|>, as GPT-2 captioners use it), decode stops at the end token."""
+    <|endoftext|>, as GPT-2 captioners use it), decode stops at the end token. end=".": captions end at
+    the first full stop instead (ClipCap's captions were trained without an end token)."""
 
     kind = "gpt2"
 
-    def __init__(self, vocab, merges):
+    def __init__(self, vocab, merges, end=END_OF_TEXT):
         self.stoi = dict(vocab)  # piece -> id
         self.itos = {i: piece for piece, i in self.stoi.items()}
         self.merges = [tuple(m) for m in merges]
         self.rank = {pair: i for i, pair in enumerate(self.merges)}  # lower merges first
         self.to_char = byte_characters()
         self.to_byte = {c: b for b, c in self.to_char.items()}
-        self.eos_id = self.bos_id = self.pad_id = self.stoi[END_OF_TEXT]
+        self.bos_id = self.pad_id = self.stoi[END_OF_TEXT]
+        self.end = end
+        self.eos_id = self.stoi[end]
         self.cache = {}
 
     @classmethod
-    def from_folder(cls, folder):
+    def from_folder(cls, folder, end=END_OF_TEXT):
         """vocab.json and merges.txt of a Hugging Face GPT-2 folder; ValueError naming the file if one is
         missing or malformed."""
         folder = Path(folder)
@@ -63,7 +66,9 @@ class GPT2Tokenizer:
             raise ValueError(f"{merges_path}: merge {bad} is not two pieces separated by one space: {lines[bad - 1]!r}")
         if not isinstance(vocab, dict) or END_OF_TEXT not in vocab:
             raise ValueError(f"{vocab_path}: not a GPT-2 vocabulary (no {END_OF_TEXT} token)")
-        return cls(vocab, merges)
+        if end not in vocab:
+            raise ValueError(f"{vocab_path}: has no {end!r} token to end captions with")
+        return cls(vocab, merges, end)
 
     @property
     def vocab_size(self):
@@ -115,4 +120,5 @@ class GPT2Tokenizer:
         return data.decode("utf-8", errors="replace")
 
     def to_dict(self):
-        return {"kind": self.kind, "vocab": self.stoi, "merges": [list(m) for m in self.merges]}
+        d = {"kind": self.kind, "vocab": self.stoi, "merges": [list(m) for m in self.merges]}
+        return d if self.end == END_OF_TEXT else d | {"end": self.end}

@@ -100,11 +100,12 @@ def tokenizer_from_dict(d, where="tokenizer"):
         return WordTokenizer(d["words"])
     if kind == "bpe" and set(d) == {"kind"}:
         return BPETokenizer()
-    if kind == "gpt2" and set(d) == {"kind", "vocab", "merges"} and isinstance(d["vocab"], dict) \
-            and isinstance(d["merges"], list) and all(isinstance(m, list) and len(m) == 2 for m in d["merges"]):
+    if kind == "gpt2" and set(d) - {"end"} == {"kind", "vocab", "merges"} and isinstance(d["vocab"], dict) \
+            and isinstance(d["merges"], list) and all(isinstance(m, list) and len(m) == 2 for m in d["merges"]) \
+            and d.get("end", "<|endoftext|>") in d["vocab"]:
         from data.gpt2_bpe import GPT2Tokenizer
 
-        return GPT2Tokenizer(d["vocab"], d["merges"])
+        return GPT2Tokenizer(d["vocab"], d["merges"], d.get("end", "<|endoftext|>"))
     raise ValueError(f"{where}: expected {{\"kind\": \"word\", \"words\": [...]}}, {{\"kind\": \"bpe\"}} or "
                      f"{{\"kind\": \"gpt2\", \"vocab\": {{...}}, \"merges\": [...]}}, "
                      f"found {str(d)[:80]}")

@@ -33,8 +33,9 @@ class DecoderConfig:
     fused: bool = True  # F.scaled_dot_product_attention unless attention weights are asked for
     gelu: str = "exact"  # the MLP's GELU: "exact", or "tanh" (GPT-2's approximation)
     patch_proj: str = "linear_norm"  # image tokens into cross-attention: "linear_norm", "linear" or "none" (same width)
+    gpt_prefix: bool = False  # ClipCap: GPT-2 over [prefix ; caption], causal, the last prefix position predicts word 1
 
-    ADDED_LATER = {"gelu", "patch_proj"}  # absent from older model folders: their defaults are how those behaved
+    ADDED_LATER = {"gelu", "patch_proj", "gpt_prefix"}  # absent from older model folders: their defaults are how those behaved
 
 
 @dataclass
@@ -156,20 +157,33 @@ class CaptionDecoder(nn.Module):
         """
         P, T = self.config.prefix_len, tokens.size(1)
         first = cache is None or cache.length == 0
-        start = 0 if first else cache.length - P  # caption position of tokens[:, 0]
-        if start + T > self.config.max_len:
-            raise ValueError(f"caption of {start + T} tokens is longer than max_len={self.config.max_len}")
-        x = self.token_embedding(tokens) + self.positional_embedding[start : start + T]  # (B, T, C)
+        past = 0 if first else cache.length  # positions (prefix included) already in the cache
+        if self.config.gpt_prefix:  # ClipCap: one position table for [prefix ; caption], no start token
+            if first:
+                tokens, lengths = tokens[:, 1:], lengths - 1 if lengths is not None else None  # start: prefix's last
+            position = P if first else past  # of tokens[:, 0]
+        else:
+            position = 0 if first else past - P  # caption position of tokens[:, 0]
+        if position + tokens.size(1) > self.config.max_len:
+            raise ValueError(f"{position + tokens.size(1)} positions are more than max_len={self.config.max_len}")
+        x = self.token_embedding(tokens) + self.positional_embedding[position : position + tokens.size(1)]  # (B, t, C)
         if first and P:
-            x = torch.cat([self.prefix(clip_embed).to(x.dtype), x], dim=1)  # (B, L, C)
-        if first:
+            prefix = self.prefix(clip_embed).to(x.dtype)  # (B, P, C)
+            if self.config.gpt_prefix:
+                prefix = prefix + self.positional_embedding[:P]  # the prefix takes the first positions
+            x = torch.cat([prefix, x], dim=1)  # (B, L, C)
+        L = x.size(1)
+        if first and self.config.gpt_prefix:
+            mask = causal_mask(L, device=x.device)  # (L, L): GPT-2's mask, the prefix causal too
+        elif first:
             mask = prefix_lm_mask(P, T, device=x.device)  # (L, L): prefix seen whole, caption causal
-        elif T > 1:
-            mask = causal_mask(T, cache.length + T, device=x.device)  # (T, S): all earlier positions
+        elif L > 1:
+            mask = causal_mask(L, past + L, device=x.device)  # (T, S): all earlier positions
         else:
             mask = None  # one new token may look at every position before it: nothing to mask
         if lengths is not None:
-            keys = padding_mask(P + start + lengths, P + start + T)  # (B, 1, 1, S)
+            before = past if not first else P  # key positions ahead of this call's tokens
+            keys = padding_mask(before + lengths, before + tokens.size(1))  # (B, 1, 1, S)
             mask = keys if mask is None else mask & keys  # (B, 1, L, S)
         memory = None
         if self.config.cross_attention and first:
@@ -185,8 +199,8 @@ class CaptionDecoder(nn.Module):
             cross_attn.append(cross_w)
         if cache is not None:
             cache.length += x.size(1)
-        if first:
-            x = x[:, P:]  # (B, T, C): the prefix positions predict nothing
+        if first:  # (B, T, C): the prefix positions predict nothing (ClipCap: but the last, the first word)
+            x = x[:, P - 1:] if self.config.gpt_prefix else x[:, P:]
         logits = self.ln_f(x) @ self.token_embedding.weight.T  # (B, T, V), head tied to the embedding
         if not return_attn:
             return DecoderOutput(logits)

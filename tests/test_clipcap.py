@@ -1,0 +1,107 @@
+"""ClipCap's checkpoint layout loads into our decoder and equals ClipCap's own forward, built here from the
+modules its repository uses (GPT2LMHeadModel from transformers, a test-only dependency, and an MLP)."""
+
+import pytest
+import torch
+from torch import nn
+
+from model.clipcap import clipcap_model, load_clipcap_decoder
+from model.hugging_face import HuggingFaceError
+from model.sampling import DecodingOptions
+from model.vit import ViTConfig, VisionTransformer
+
+transformers = pytest.importorskip("transformers")
+P, E = 4, 16  # prefix length, CLIP embedding width
+
+
+class ClipCaptionModel(nn.Module):
+    """ClipCap's model as its repository writes it (train.py: ClipCaptionModel with MappingType.MLP)."""
+
+    def __init__(self, vocab_size=50, clip_dim=E):
+        super().__init__()
+        self.gpt = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+            vocab_size=vocab_size, n_positions=40, n_embd=64, n_layer=2, n_head=1, initializer_range=0.3,
+            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
+        C = self.gpt.config.n_embd
+        self.clip_project = nn.Module()
+        self.clip_project.model = nn.Sequential(nn.Linear(clip_dim, C * P // 2), nn.Tanh(), nn.Linear(C * P // 2, C * P))
+
+    def forward(self, tokens, prefix):
+        embedding_text = self.gpt.transformer.wte(tokens)
+        prefix_projections = self.clip_project.model(prefix).view(-1, P, self.gpt.config.n_embd)
+        return self.gpt(inputs_embeds=torch.cat((prefix_projections, embedding_text), dim=1)).logits
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    torch.manual_seed(0)
+    reference = ClipCaptionModel().eval()
+    path = tmp_path / "coco_prefix-009.pt"
+    torch.save(reference.state_dict(), path)  # what ClipCap's train.py saves
+    return reference, path
+
+
+def test_a_clipcap_checkpoint_equals_clipcaps_forward(checkpoint):
+    reference, path = checkpoint
+    ours = load_clipcap_decoder(path)
+    assert (ours.config.prefix_len, ours.config.clip_dim, ours.config.layers, ours.config.heads) == (P, E, 2, 1)
+    tokens, prefix = torch.randint(0, 50, (2, 7)), torch.randn(2, E)
+    start = torch.zeros(2, 1, dtype=torch.long)  # our interface's start token: ClipCap's is the prefix's last position
+    with torch.no_grad():
+        expected = reference(tokens, prefix)[:, P - 1:]  # (B, 1 + T, V): the last prefix position, then the caption
+        got = ours(torch.cat([start, tokens], 1), prefix).logits
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_clipcap_captions_greedily_as_its_own_loop_does(checkpoint):
+    """ClipCap's generate2 (greedy): feed the prefix, take the argmax, append its embedding, repeat; our
+    sampler with the KV cache must write the same tokens."""
+    reference, path = checkpoint
+    torch.manual_seed(1)
+    vit = VisionTransformer(ViTConfig(image_size=32, patch_size=8, width=32, layers=1, heads=2, output_dim=E))
+    model = clipcap_model(path, vit)  # with a real checkpoint: load_clip_vit("ViT-B-32", "openai")
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        prefix = model.encoder(images).pooled
+        embeds = reference.clip_project.model(prefix).view(-1, P, 64)
+        expected = []
+        for _ in range(8):
+            next_token = reference.gpt(inputs_embeds=embeds).logits[:, -1].argmax(-1)  # (B,)
+            expected.append(next_token)
+            embeds = torch.cat([embeds, reference.gpt.transformer.wte(next_token)[:, None]], dim=1)
+    got = model.generate(49, 49, images=images, options=DecodingOptions(max_len=8))[0]
+    assert got.tolist() == torch.stack(expected, 1).tolist()
+    assert len(set(got[0].tolist())) > 2  # a varied caption: the comparison means something
+
+
+def test_other_files_are_refused_in_one_line(checkpoint, tmp_path):
+    reference, path = checkpoint
+    state = reference.state_dict()
+    state["clip_project.transformer.layers.0.norm1.weight"] = torch.ones(3)
+    torch.save(state, tmp_path / "transformer.pt")
+    with pytest.raises(HuggingFaceError, match=r"transformer.pt: ClipCap's transformer mapper is not supported yet"):
+        load_clipcap_decoder(tmp_path / "transformer.pt")
+    torch.save({"weight": torch.ones(2)}, tmp_path / "other.pt")
+    with pytest.raises(HuggingFaceError, match=r"other.pt: not a ClipCap checkpoint"):
+        load_clipcap_decoder(tmp_path / "other.pt")
+
+
+def test_a_clipcap_captioner_from_its_files(tmp_path):
+    """Captioner.from_clipcap with a checkpoint of ClipCap's layout (CLIP ViT-B-32's 512-wide embedding), GPT-2
+    tokenizer files and random CLIP weights (offline): captions are text that ends before the full stop."""
+    from PIL import Image
+
+    from captioner import Captioner
+
+    tokenizers = pytest.importorskip("tokenizers")
+    bpe = tokenizers.ByteLevelBPETokenizer()
+    bpe.train_from_iterator(["a dog runs on the grass.", "a man rides a red bike."] * 10, vocab_size=300,
+                            min_frequency=1, special_tokens=["<|endoftext|>"])
+    bpe.save_model(str(tmp_path))
+    torch.manual_seed(0)
+    reference = ClipCaptionModel(bpe.get_vocab_size(), clip_dim=512)  # CLIP ViT-B-32's embedding width
+    torch.save(reference.state_dict(), tmp_path / "coco_weights.pt")
+    captioner = Captioner.from_clipcap(tmp_path / "coco_weights.pt", tmp_path, clip_pretrained=None)
+    caption = captioner.caption(Image.new("RGB", (64, 48), (200, 30, 30)), max_len=6)
+    assert isinstance(caption, str) and "." not in caption
+    assert captioner.tokenizer.eos_id == captioner.tokenizer.stoi["."]
