@@ -2,6 +2,7 @@
 
     python train.py                          # built-in shapes, ViT trained from scratch, a few minutes on CPU
     python train.py --preset flickr30k --data dataset_flickr30k.json --images flickr30k-images/
+    python train.py --preset flickr30k-gpt2 --gpt2 distilgpt2/ --data dataset_flickr30k.json --images flickr30k-images/
     python train.py --out runs/shapes --resume   # continue exactly where a run stopped
 
 Writes OUT/checkpoint.pt (for --resume), OUT/model/ (config.json + model.safetensors: the model to
@@ -31,6 +32,7 @@ from captioner.flags import add_dataclass_flags, shown
 from captioner.train_config import DERIVED, PRESETS, TrainConfig, config_with
 from data.batches import epoch_batches, make_pairs
 from data.captions import check_images, read_captions
+from data.gpt2_bpe import GPT2Tokenizer
 from data.images import CLIP_MEAN, CLIP_STD
 from data.sources import (CachedFeatureSource, batches_by_length, caption_splits, get_batch, load_image_rows,
                           load_shapes)
@@ -39,6 +41,7 @@ from metrics import ptb_tokenize, score_captions
 from model.caption_model import build_caption_model
 from model.checkpoint import CheckpointError, load_checkpoint, pick_device, save_checkpoint
 from model.decoder import DecoderConfig
+from model.hugging_face import gpt2_captioning_decoder, load_pretrained_part
 from model.training import autocast_dtype, evaluate_loss, train_step
 from model.vit import ViTConfig
 
@@ -79,6 +82,9 @@ def parse_args(argv=None):
         parser.error(f"--best-metric must be one of {', '.join(BEST_METRICS)}, not {config.best_metric!r}")
     if config.grad_accum < 1 or config.grad_accum > config.batch_size:
         parser.error(f"--grad-accum must be between 1 and the batch size ({config.batch_size}), not {config.grad_accum}")
+    if args.preset == "flickr30k-gpt2" and not config.gpt2:
+        parser.error("the flickr30k-gpt2 preset needs --gpt2 FOLDER: a GPT-2 or DistilGPT2 model folder "
+                     "(config.json, model.safetensors, vocab.json, merges.txt)")
     if config.encoder == "clip" and config.data == "shapes":
         parser.error("--encoder clip reads an images folder; use it with --data CAPTIONS --images FOLDER")
     return config
@@ -124,6 +130,12 @@ def load_data(config, device):
 
 # ----------------------------------------------------------------------------------------------
 # Model: a scratch ViT trained with the decoder, or a frozen CLIP ViT whose features are cached.
+
+
+def describe_fresh(names):
+    """The kinds of parameters a pretrained decoder did not have, in a few words."""
+    kinds = sorted({n.split(".")[2] if n.startswith("blocks.") else n.split(".")[0] for n in names})
+    return ", ".join(kinds) or "nothing"
 
 
 def trainable_parameters(model, train_only):
@@ -299,9 +311,18 @@ def train(config):
 
     splits, source, frozen_vit = load_data(config, device)
     train_captions = [c for caps in splits["train"].targets for c in caps]
-    tokenizer = (tokenizer_from_dict(resumed["tokenizer"]) if resumed
-                 else build_tokenizer(config.tokenizer, train_captions, config.min_count))
-    model = build_caption_model(config.vit, config.decoder, tokenizer.vocab_size, frozen_vit).to(device)
+    try:
+        tokenizer = (tokenizer_from_dict(resumed["tokenizer"]) if resumed else GPT2Tokenizer.from_folder(config.gpt2)
+                     if config.gpt2 else build_tokenizer(config.tokenizer, train_captions, config.min_count))
+        decoder_config, gpt2_weights = (gpt2_captioning_decoder(config.gpt2, config.decoder) if config.gpt2
+                                        else (config.decoder, None))
+    except ValueError as e:  # a GPT-2 folder that cannot be used: one line naming the file
+        raise SystemExit(f"error: {e}") from None
+    model = build_caption_model(config.vit, decoder_config, tokenizer.vocab_size, frozen_vit).to(device)
+    if gpt2_weights is not None and resumed is None:
+        fresh = load_pretrained_part(model.decoder, gpt2_weights, config.gpt2)
+        if lead:
+            print(f"decoder from {config.gpt2}; new, trained from scratch: {describe_fresh(fresh)}")
     params = trainable_parameters(model, config.train_only)
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     autocast = autocast_dtype(device, config.amp)  # bfloat16, float16 (a GPU without bfloat16) or None

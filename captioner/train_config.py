@@ -30,6 +30,7 @@ class TrainConfig:
     vit: ViTConfig = field(default_factory=ViTConfig)  # the scratch ViT: --vit-* flags
     # tokenizer
     tokenizer: str = "word"  # "word" (vocabulary of the training captions) or "bpe" (OpenCLIP's, 49,408 ids)
+    gpt2: str = ""  # a GPT-2 or DistilGPT2 folder (Hugging Face layout): the decoder and tokenizer start from it
     min_count: int = 1  # word tokenizer: rarer words become <unk>
     # decoder
     decoder: DecoderConfig = field(default_factory=DecoderConfig)  # --decoder-* flags
@@ -80,6 +81,11 @@ PRESETS = {
     "flickr30k": dict(  # frozen CLIP features and the 6 x 512 decoder (DecoderConfig's defaults): GPU work
         data="", encoder="clip", min_count=5, epochs=10, group_by_length=True, batch_size=64, lr=3e-4,
         warmup_steps=1000, label_smoothing=0.1, checkpoint_every=1000, out="runs/flickr30k",
+    ),
+    "flickr30k-gpt2": dict(  # frozen CLIP features into a pretrained GPT-2 (--gpt2 FOLDER) with fresh cross-attention
+        data="", encoder="clip", epochs=5, group_by_length=True, batch_size=64, lr=1e-4, warmup_steps=1000,
+        label_smoothing=0.1, checkpoint_every=1000, out="runs/flickr30k-gpt2",
+        decoder=dict(prefix_len=0, max_len=40, dropout=0.1),
     ),
 }
 

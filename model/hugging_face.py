@@ -8,6 +8,7 @@ torch.load(weights_only=True): no code in it runs). Each function refuses what i
 that names the file.
 """
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -136,6 +137,32 @@ def load_gpt2_decoder(folder):
         raise HuggingFaceError(f"{Path(folder)}: the weights lack {e.args[0]}: not a GPT-2 checkpoint") from None
     load_into(decoder, state, Path(folder))
     return decoder.eval()
+
+
+def gpt2_captioning_decoder(folder, base: DecoderConfig):
+    """A caption decoder that starts from a GPT-2 or DistilGPT2 folder: GPT-2's sizes, vocabulary and weights,
+    with `base`'s prefix (ClipCap's layout when it has one), cross-attention (fresh, unless the checkpoint
+    has it), caption length and dropout. -> (DecoderConfig, GPT-2's weights by our names)."""
+    where = Path(folder) / "config.json"
+    gpt = gpt2_decoder_config(read_config(folder), where)
+    P = base.prefix_len
+    config = dataclasses.replace(gpt, prefix_len=P, gpt_prefix=P > 0, prefix_mapper=base.prefix_mapper,
+                                 cross_attention=base.cross_attention, dropout=base.dropout,
+                                 max_len=min(gpt.max_len, base.max_len + P), patch_proj="linear_norm")
+    try:
+        weights = gpt2_state_dict(read_weights(folder), gpt)
+    except KeyError as e:
+        raise HuggingFaceError(f"{Path(folder)}: the weights lack {e.args[0]}: not a GPT-2 checkpoint") from None
+    weights["positional_embedding"] = weights["positional_embedding"][: config.max_len]  # captions are short
+    return config, weights
+
+
+def load_pretrained_part(module, weights, where):
+    """Load the weights a checkpoint has into `module`, leaving the rest as initialised -> the names left fresh."""
+    missing, unexpected = module.load_state_dict(weights, strict=False)
+    if unexpected:
+        raise HuggingFaceError(f"{where}: weights the decoder has no place for: {', '.join(unexpected[:3])}")
+    return missing
 
 
 # ---------------------------------------------------------------------------------------------- ViT

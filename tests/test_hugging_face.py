@@ -177,3 +177,37 @@ def test_generate_py_captions_and_draws_with_a_vit_gpt2_folder(tmp_path):
     results = generate.main([str(folder), str(tmp_path / "photo.png"), "--beam", "2", "--max-len", "8",
                              "--attention", str(tmp_path / "pictures")])
     assert results[0]["captions"][0] and (tmp_path / "pictures" / "photo.png").exists()
+
+
+def test_training_from_gpt2_with_fresh_cross_attention(tmp_path, capsys):
+    """Seed 003's recipe on the built-in data: a GPT-2 folder starts the decoder (and gives the tokenizer),
+    cross-attention is new, and --train-only cross_attention changes nothing of GPT-2's own weights."""
+    import train
+    from tests.test_train import TINY
+
+    tokenizers = pytest.importorskip("tokenizers")
+    from data.shapes import make_split
+
+    folder = tmp_path / "distilgpt2"
+    folder.mkdir()
+    bpe = tokenizers.ByteLevelBPETokenizer()
+    bpe.train_from_iterator([c for s in make_split("train", 200, 32) for c in s.captions], vocab_size=300,
+                            min_frequency=1, special_tokens=["<|endoftext|>"])
+    bpe.save_model(str(folder))
+    torch.manual_seed(0)
+    gpt = transformers.GPT2LMHeadModel(transformers.GPT2Config(**dict(TINY_GPT2, vocab_size=bpe.get_vocab_size(),
+                                                                      initializer_range=0.02)))
+    saved(gpt, folder)
+    out = tmp_path / "run"
+    train.main(TINY + ["--gpt2", str(folder), "--train-only", "cross_attention", "--stop-after", "4", "--out", str(out)])
+    weights = torch.load(out / "checkpoint.pt", weights_only=True)["model"]
+    theirs = gpt.state_dict()
+    torch.testing.assert_close(weights["decoder.token_embedding.weight"], theirs["transformer.wte.weight"], rtol=0, atol=0)
+    torch.testing.assert_close(weights["decoder.blocks.1.mlp.c_fc.weight"], theirs["transformer.h.1.mlp.c_fc.weight"].t(),
+                               rtol=0, atol=0)
+    assert weights["decoder.positional_embedding"].shape[0] == 4 + 16  # prefix + caption, not all 32 of GPT-2
+    assert "decoder.blocks.0.cross_attn.in_proj_weight" in weights
+    assert "new, trained from scratch: cross_attn, ln_2, patch_proj, prefix" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        train.parse_args(["--preset", "flickr30k-gpt2", "--data", "x.json", "--images", "x/"])
+    assert "the flickr30k-gpt2 preset needs --gpt2 FOLDER" in capsys.readouterr().err
