@@ -66,7 +66,10 @@ def parse_args(argv=None):
     fields = {}  # argparse dest -> (part, field name)
     for title, part, cls in FLAG_GROUPS:
         others = [p for p in PRESETS if p != "tiny"]
-        notes = {name: f"; {p}: {shown(value)}" for p in others for name, value in preset_values(p, part).items()}
+        notes = {}
+        for p in others:
+            for name, value in preset_values(p, part).items():
+                notes[name] = notes.get(name, "") + f"; {p}: {shown(value)}"
         prefix = part + "-" if part else ""
         added = add_dataclass_flags(parser, cls, prefix, DERIVED.get(part, ()), preset_values("tiny", part), notes, title)
         fields.update({dest: (part, name) for dest, name in added.items()})
