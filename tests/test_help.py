@@ -53,9 +53,9 @@ def test_train_help_comes_from_the_config_comments_with_preset_values():
     from captioner.train_config import PRESETS, TrainConfig
 
     text = help_text(["train.py"])
-    tiny, flickr = TrainConfig().batch_size, PRESETS["flickr30k"]["batch_size"]
-    assert tiny != flickr  # so the line below shows both values
-    assert f"captions per step (default: {tiny}; flickr30k: {flickr})" in text  # TrainConfig.batch_size's comment
+    tiny, flickr, gpt2 = TrainConfig().batch_size, PRESETS["flickr30k"]["batch_size"], PRESETS["flickr30k-gpt2"]["batch_size"]
+    assert tiny != flickr  # so the line below shows the values
+    assert f"captions per step (default: {tiny}; flickr30k: {flickr}; flickr30k-gpt2: {gpt2})" in " ".join(text.split())
     assert "--decoder-layers INT number of decoder blocks (default: 2)" in " ".join(text.split())  # DecoderConfig.layers
     assert "--vit-patch-size" in text and "--decoder-vocab-size" not in text  # derived fields are not flags
 
