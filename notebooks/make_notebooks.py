@@ -327,6 +327,32 @@ other (`tests/test_generate.py`; measured: 77% over 240 boxes)."""),
     x0, y0, x1, y1 = (4 * v for v in obj.box)
     box = (max(0, x0 - 8), max(0, y0 - 8), x1 + 12, y1 + 12)
     print(f"box around the {obj.colour} {obj.shape}: {captioner.caption(image, region=box)}")"""),
+        ("md", """## Where a real captioner looks: ViT-GPT2
+
+`nlpconnect/vit-gpt2-image-captioning` (a ViT encoder and GPT-2 with cross-attention, trained on COCO)
+loads into this project's own modules. With a local copy of its folder (or `VIT_GPT2=path`), the cell
+below captions the scene above with it and draws each word's cross-attention, averaged over GPT-2's
+12 layers. Offline and without it, the same architecture, small and with random weights, shows the
+machinery: the maps then mean nothing."""),
+        ("code", """from data.gpt2_bpe import END_OF_TEXT, GPT2Tokenizer, byte_characters
+from model.caption_model import CaptionModel, CaptionModelConfig
+from model.decoder import DecoderConfig
+from model.vit import ViTConfig
+
+folder = Path(os.environ.get("VIT_GPT2", "vit-gpt2-image-captioning"))
+if folder.exists():
+    real = Captioner.from_pretrained(folder)
+else:  # ViT-GPT2's shape, smaller, random: a ViT whose class token the decoder also reads, GPT-2 without a prefix
+    vit = ViTConfig(image_size=224, patch_size=16, width=64, layers=2, heads=4, output_dim=64, patch_bias=True,
+                    ln_pre=False, norm_eps=1e-12, class_token_in_memory=True)
+    ascii_only = {byte_characters()[b]: i for i, b in enumerate(range(32, 127))} | {END_OF_TEXT: 95}  # no merges
+    gpt2 = DecoderConfig(vocab_size=96, max_len=24, width=64, layers=2, heads=4, prefix_len=0, clip_dim=64,
+                         patch_dim=64, gelu="tanh", patch_proj="none", dropout=0.0)
+    real = Captioner(CaptionModel(CaptionModelConfig(vit, gpt2)).eval(), GPT2Tokenizer(ascii_only, []),
+                     {"kind": "squash", "image_size": 224, "resample": "bilinear", "mean": [0.5] * 3, "std": [0.5] * 3})
+result = real.caption(image, attention=True, max_len=12)
+print("caption:", repr(result.text))
+attention_figure(result)"""),
     ],
     "07_write_your_own_attention.ipynb": [
         ("md", """# 7. Write the attention yourself, check it, caption with it
