@@ -398,9 +398,9 @@ def attention(q, k, v, mask=None):
         ("md", """## Train with your attention
 
 `--student-code attention` puts your function into every attention layer of the ViT and the decoder.
-A short run here (a twentieth of the default: too short to caption well, long enough to see the loss fall);
+A short run here (20 steps: far too short to caption well, long enough to see the loss fall);
 the full `python train.py --student-code attention` reaches the same 99% as the normal run."""),
-        ("code", """!{sys.executable} ../train.py --student-code attention --student-dir my_exercises --shapes-train 1000 --epochs 1 --shapes-test 20 --val-images 20 --out runs/mine"""),
+        ("code", """!{sys.executable} ../train.py --student-code attention --student-dir my_exercises --shapes-train 640 --epochs 1 --shapes-val 20 --shapes-test 20 --val-images 20 --out runs/mine"""),
         ("md", """## Your attention draws the pictures
 
 The model notebook 5 trained (trained here if it is missing), captioning with your function in place of

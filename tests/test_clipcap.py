@@ -86,9 +86,19 @@ def test_other_files_are_refused_in_one_line(checkpoint, tmp_path):
         load_clipcap_decoder(tmp_path / "other.pt")
 
 
-def test_a_clipcap_captioner_from_its_files(tmp_path):
+def small_clip(name, pretrained):
+    """What load_clip_vit("ViT-B-32", None) returns, smaller: a random ViT with a 512-wide embedding and
+    OpenCLIP's preprocessing settings."""
+    vit = VisionTransformer(ViTConfig(image_size=32, patch_size=8, width=32, layers=1, heads=2, output_dim=512))
+    vit.preprocess_cfg = {"size": (32, 32), "mean": (0.48145466, 0.4578275, 0.40821073),
+                          "std": (0.26862954, 0.26130258, 0.27577711), "interpolation": "bicubic",
+                          "resize_mode": "shortest"}
+    return vit, None
+
+
+def test_a_clipcap_captioner_from_its_files(tmp_path, monkeypatch):
     """Captioner.from_clipcap with a checkpoint of ClipCap's layout (CLIP ViT-B-32's 512-wide embedding), GPT-2
-    tokenizer files and random CLIP weights (offline): captions are text that ends before the full stop."""
+    tokenizer files and a random CLIP encoder (offline): captions are text that ends before the full stop."""
     from PIL import Image
 
     from captioner import Captioner
@@ -101,6 +111,7 @@ def test_a_clipcap_captioner_from_its_files(tmp_path):
     torch.manual_seed(0)
     reference = ClipCaptionModel(bpe.get_vocab_size(), clip_dim=512)  # CLIP ViT-B-32's embedding width
     torch.save(reference.state_dict(), tmp_path / "coco_weights.pt")
+    monkeypatch.setattr("model.clip.load_clip_vit", small_clip)  # OpenCLIP's ViT-B-32 takes seconds to build
     captioner = Captioner.from_clipcap(tmp_path / "coco_weights.pt", tmp_path, clip_pretrained=None)
     caption = captioner.caption(Image.new("RGB", (64, 48), (200, 30, 30)), max_len=6)
     assert isinstance(caption, str) and "." not in caption
