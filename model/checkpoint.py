@@ -57,18 +57,24 @@ def save_checkpoint(path, state):
     replace_atomically(path, lambda tmp: torch.save(state, tmp))
 
 
+def load_weights_only(path, error=CheckpointError, hint=""):
+    """torch.load(path, weights_only=True): tensors and plain values only, so no code in the file runs.
+    Any failure is raised as `error`, one sentence naming the file (`hint` is added to a refusal)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # the weights-only reader met something other than tensors and plain values
+        raise error(f"{path}: refused: it holds Python objects that could run code when loaded{hint}") from None
+    except Exception as e:  # torch raises several types for a cut-off or foreign file
+        raise error(f"{path}: damaged or truncated, torch.load failed ({type(e).__name__})") from None
+
+
 def load_checkpoint(path):
     """A training checkpoint as a dict, read without running any code it might carry."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:  # the weights-only reader met something other than tensors and plain values
-        raise CheckpointError(f"{path}: refused: it holds Python objects that could run code when loaded; if it "
-                              "is a checkpoint you made yourself, convert it with python -m captioner.convert") from None
-    except Exception as e:  # torch raises several types for a cut-off or foreign file
-        raise CheckpointError(f"{path}: damaged or truncated checkpoint, torch.load failed ({type(e).__name__})") from None
+    state = load_weights_only(path, hint="; if it is a checkpoint you made yourself, convert it with "
+                                         "python -m captioner.convert")
     missing = {"model", "model_config", "tokenizer", "preprocess"} - set(state if isinstance(state, dict) else ())
     if missing:
         raise CheckpointError(f"{path}: not a captioner checkpoint (it lacks {', '.join(sorted(missing))})")

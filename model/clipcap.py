@@ -11,9 +11,8 @@ The checkpoint is a torch.save'd state dict of tensors, read with torch.load(wei
 
 from pathlib import Path
 
-import torch
-
 from model.caption_model import CaptionModel, CaptionModelConfig
+from model.checkpoint import load_weights_only
 from model.decoder import CaptionDecoder, DecoderConfig
 from model.hugging_face import HuggingFaceError, gpt2_state_dict, load_into
 
@@ -22,10 +21,7 @@ def read_clipcap(path):
     path = Path(path)
     if not path.is_file():
         raise HuggingFaceError(f"{path}: no such ClipCap checkpoint")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - a pickle with code in it, or not a torch file at all
-        raise HuggingFaceError(f"{path}: cannot be read as plain weights ({str(e).splitlines()[0]})") from None
+    state = load_weights_only(path, HuggingFaceError)
     if not isinstance(state, dict) or "gpt.transformer.wte.weight" not in state:
         raise HuggingFaceError(f"{path}: not a ClipCap checkpoint (no gpt.transformer.wte.weight)")
     if any(k.startswith("clip_project.transformer.") for k in state):

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from model.caption_model import CaptionModel, CaptionModelConfig
+from model.checkpoint import load_weights_only
 from model.decoder import CaptionDecoder, DecoderConfig
 from model.vit import ViTConfig, VisionTransformer
 
@@ -47,11 +48,7 @@ def read_weights(folder):
         except Exception as e:  # noqa: BLE001 - safetensors raises several kinds for a broken file
             raise HuggingFaceError(f"{folder / 'model.safetensors'}: not a safetensors file ({e})") from None
     if (folder / "pytorch_model.bin").exists():
-        try:
-            return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - a pickle with code in it, or not a torch file at all
-            raise HuggingFaceError(f"{folder / 'pytorch_model.bin'}: cannot be read as plain weights "
-                                   f"({str(e).splitlines()[0]})") from None
+        return load_weights_only(folder / "pytorch_model.bin", HuggingFaceError)
     raise HuggingFaceError(f"{folder}: no model.safetensors or pytorch_model.bin")
 
 

@@ -177,7 +177,7 @@ def test_bad_checkpoints_get_one_line_errors(shapes_checkpoint, scenes, tmp_path
     state["model_config"]["decoder"]["width"] = 64
     other = tmp_path / "other-config.pt"
     torch.save(state, other)
-    for path, message in [(truncated, "damaged or truncated checkpoint"), (foreign, "not a captioner checkpoint"),
+    for path, message in [(truncated, "damaged or truncated, torch.load failed"), (foreign, "not a captioner checkpoint"),
                           (other, "weights do not fit the configuration"), (tmp_path / "none.pt", "no such model folder or checkpoint")]:
         with pytest.raises(SystemExit) as error:
             generate.main([str(path), image])

@@ -211,3 +211,24 @@ def test_training_from_gpt2_with_fresh_cross_attention(tmp_path, capsys):
     with pytest.raises(SystemExit):
         train.parse_args(["--preset", "flickr30k-gpt2", "--data", "x.json", "--images", "x/"])
     assert "the flickr30k-gpt2 preset needs --gpt2 FOLDER" in capsys.readouterr().err
+
+
+def test_a_hostile_pytorch_model_bin_or_clipcap_file_is_refused_and_never_runs(tmp_path):
+    """The older Hugging Face weights file and ClipCap's checkpoints are pickles: read weights-only, one
+    carrying an object that would write a file is refused in one line, and the file is never written."""
+    from model.clipcap import load_clipcap_decoder
+    from tests.test_model_files import WritesAFile
+
+    theirs, _ = gpt2(tmp_path, cross_attention=False)
+    folder, marker = tmp_path / "gpt2", tmp_path / "marker.txt"
+    state = dict(theirs.state_dict(), extra=WritesAFile(marker))
+    (folder / "model.safetensors").unlink()
+    torch.save(state, folder / "pytorch_model.bin")
+    with pytest.raises(HuggingFaceError, match=r"pytorch_model.bin: refused: it holds Python objects that could run code"):
+        load_gpt2_decoder(folder)
+    torch.save(state, tmp_path / "clipcap.pt")
+    with pytest.raises(HuggingFaceError, match=r"clipcap.pt: refused: it holds Python objects that could run code"):
+        load_clipcap_decoder(tmp_path / "clipcap.pt")
+    assert not marker.exists()
+    torch.save(theirs.state_dict(), folder / "pytorch_model.bin")  # the same weights, plain: they load
+    assert load_gpt2_decoder(folder).config.layers == 2
