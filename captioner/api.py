@@ -269,7 +269,7 @@ class Captioner:
         """A Caption for image b: per-word cross-attention of its first caption, rollout, the model's view."""
         ids = ids.tolist()
         n = ids.index(self.tokenizer.eos_id) if self.tokenizer.eos_id in ids else len(ids)
-        words = [self.tokenizer.decode([i]) for i in ids[:n]]
+        words = [self.tokenizer.decode([i]).strip() for i in ids[:n]]  # GPT-2 pieces: " dog" -> "dog"
         grid = self.model.encoder.config.grid
         encoded = self.model.encoder(pixels[None], return_attn=True)
         tokens = torch.tensor([[self.tokenizer.bos_id] + ids[:n]], device=self.device)  # (1, n + 1)

@@ -232,3 +232,27 @@ def test_a_hostile_pytorch_model_bin_or_clipcap_file_is_refused_and_never_runs(t
     assert not marker.exists()
     torch.save(theirs.state_dict(), folder / "pytorch_model.bin")  # the same weights, plain: they load
     assert load_gpt2_decoder(folder).config.layers == 2
+
+
+def test_the_page_serves_a_vit_gpt2_folder(tmp_path):
+    """serve.py's API on a ViT-GPT2 folder: the captions of the Python API, and attention over the patch grid
+    (the class token, which the decoder also reads, is not a square of the picture)."""
+    import io
+
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from captioner import Captioner
+    from server.app import create_app
+
+    folder, _ = vit_gpt2_folder(tmp_path)
+    captioner = Captioner.from_pretrained(folder)
+    client = TestClient(create_app(captioner, name="vit-gpt2"))
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 30), (10, 200, 90)).save(buffer, format="PNG")
+    answer = client.post("/api/caption", files={"image": ("photo.png", buffer.getvalue(), "image/png")},
+                         data={"max_len": "8"}).json()
+    assert answer["captions"] == [captioner.caption(Image.open(buffer), max_len=8)]
+    attention = answer["attention"]
+    assert (len(attention), len(attention[0][0][0]), len(attention[0][0][0][0])) == (2, 4, 4)  # layers, grid, grid
