@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from captioner.api import Captioner
+from captioner.api import Captioner, hub_download
 from captioner.flags import add_dataclass_flags, shown
 from captioner.train_config import DERIVED, PRESETS, TrainConfig, config_with
 from data.batches import epoch_batches, make_pairs
@@ -85,6 +85,8 @@ def parse_args(argv=None):
         parser.error(f"--best-metric must be one of {', '.join(BEST_METRICS)}, not {config.best_metric!r}")
     if config.grad_accum < 1 or config.grad_accum > config.batch_size:
         parser.error(f"--grad-accum must be between 1 and the batch size ({config.batch_size}), not {config.grad_accum}")
+    if config.gpt2 and not Path(config.gpt2).is_dir() and not config.download:
+        parser.error(f"--gpt2 {config.gpt2}: no such folder; add --download to fetch it from the Hugging Face hub")
     if args.preset == "flickr30k-gpt2" and not config.gpt2:
         parser.error("the flickr30k-gpt2 preset needs --gpt2 FOLDER: a GPT-2 or DistilGPT2 model folder "
                      "(config.json, model.safetensors, vocab.json, merges.txt)")
@@ -315,6 +317,8 @@ def train(config):
     splits, source, frozen_vit = load_data(config, device)
     train_captions = [c for caps in splits["train"].targets for c in caps]
     try:
+        if config.gpt2 and not Path(config.gpt2).is_dir():  # a hub name, and the user asked for it (--download)
+            config = dataclasses.replace(config, gpt2=str(hub_download(config.gpt2)))
         tokenizer = (tokenizer_from_dict(resumed["tokenizer"]) if resumed else GPT2Tokenizer.from_folder(config.gpt2)
                      if config.gpt2 else build_tokenizer(config.tokenizer, train_captions, config.min_count))
         decoder_config, gpt2_weights = (gpt2_captioning_decoder(config.gpt2, config.decoder) if config.gpt2

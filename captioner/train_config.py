@@ -31,6 +31,7 @@ class TrainConfig:
     # tokenizer
     tokenizer: str = "word"  # "word" (vocabulary of the training captions) or "bpe" (OpenCLIP's, 49,408 ids)
     gpt2: str = ""  # a GPT-2 or DistilGPT2 folder (Hugging Face layout): the decoder and tokenizer start from it
+    download: bool = False  # --gpt2 is a name on the Hugging Face hub (e.g. distilgpt2): download it (needs internet)
     min_count: int = 1  # word tokenizer: rarer words become <unk>
     # decoder
     decoder: DecoderConfig = field(default_factory=DecoderConfig)  # --decoder-* flags

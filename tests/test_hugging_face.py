@@ -211,6 +211,9 @@ def test_training_from_gpt2_with_fresh_cross_attention(tmp_path, capsys):
     with pytest.raises(SystemExit):
         train.parse_args(["--preset", "flickr30k-gpt2", "--data", "x.json", "--images", "x/"])
     assert "the flickr30k-gpt2 preset needs --gpt2 FOLDER" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a hub name is downloaded only when asked
+        train.parse_args(["--gpt2", "distilgpt2"])
+    assert "--gpt2 distilgpt2: no such folder; add --download to fetch it" in capsys.readouterr().err
 
 
 def test_a_hostile_pytorch_model_bin_or_clipcap_file_is_refused_and_never_runs(tmp_path):
