@@ -51,8 +51,13 @@ def test_two_processes_train_the_weights_one_process_trains(tmp_path):
     assert_same_weights(one, two)
     logs = [(tmp_path / run / "metrics.jsonl").read_text().splitlines() for run in ("one", "two")]
     assert len(logs[0]) == len(logs[1]) == 24 + 1  # every step once (one writer), then the test scores
+    assert sum("val_loss" in json.loads(line) for line in logs[1]) == 3  # one validation an epoch
     for a, b in zip(map(json.loads, logs[0][:-1]), map(json.loads, logs[1][:-1])):
         assert a["step"] == b["step"] and abs(a["train_loss"] - b["train_loss"]) < 1e-4  # the global batch's mean
+        assert ("val_loss" in a) == ("val_loss" in b)  # validated once an epoch, by process 0, with one's figures
+        if "val_loss" in a:
+            assert abs(a["val_loss"] - b["val_loss"]) < 1e-4 and a["val_exact"] == b["val_exact"]
+            assert abs(a["val_CIDEr-D"] - b["val_CIDEr-D"]) < 1e-3
     assert done.stdout.count("test split") == 1  # one process printed the results
 
 
