@@ -167,14 +167,14 @@ def start_processes(config):
     device = pick_device(config.device)
     if world == 1:
         return 0, 1, device
+    if config.batch_size % world:  # every process stops here, before any waits for the others
+        raise SystemExit(f"error: --batch-size {config.batch_size} does not split evenly over {world} processes")
     import torch.distributed as dist
 
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))  # one GPU per process
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    if config.batch_size % world:
-        raise SystemExit(f"error: --batch-size {config.batch_size} does not split evenly over {world} processes")
     return dist.get_rank(), world, device
 
 

@@ -135,9 +135,10 @@ vit, preprocess = load_clip_vit("ViT-B-32", pretrained="openai")   # or a local 
 ```"""),
         ("code", SETUP + """
 import open_clip
-from model.clip import load_clip_vit, vit_config_from_openclip
+from model.clip import vit_config_from_openclip
 from model.vit import VisionTransformer"""),
-        ("code", """clip = open_clip.create_model("ViT-B-32", pretrained=None).eval()   # random weights: no download
+        ("code", """clip, _, preprocess = open_clip.create_model_and_transforms("ViT-B-32", pretrained=None)  # random: no download
+clip.eval()
 config = vit_config_from_openclip(clip.visual)
 print(config)
 ours = VisionTransformer(config).eval()
@@ -162,7 +163,7 @@ from data.paths import SHARED_DATA
 from data.shapes import make_split
 from model.rollout import attention_rollout
 
-vit, preprocess = load_clip_vit("ViT-B-32", pretrained=None)
+vit = ours  # the ViT above; load_clip_vit("ViT-B-32", pretrained=...) gives the same with real weights
 photo = SHARED_DATA / "flickr30k-mini/images/1000268201.jpg"   # only on the project's own machines
 picture = load_image(photo) if photo.exists() else Image.fromarray(make_split("test", 1, 224)[0].image)
 with torch.no_grad():
@@ -255,7 +256,7 @@ def show_samples(path, title):
         ax.set_title(f"{ok}: " + caption.replace(" to the", "\\nto the").replace(" above", "\\nabove"), fontsize=8)
     plt.suptitle(title); plt.show()"""),
         ("md", "One epoch (250 steps of 32 captions), then stop: the checkpoint keeps everything needed to go on."),
-        ("code", """!{sys.executable} ../train.py --shapes-train 8000 --out runs/notebook --stop-after 250
+        ("code", """!{sys.executable} ../train.py --shapes-train 8000 --shapes-val 200 --shapes-test 200 --out runs/notebook --stop-after 250
 show_samples("runs/notebook/checkpoint.pt", "after one epoch")"""),
         ("code", """!{sys.executable} ../train.py --out runs/notebook --resume
 show_samples("runs/notebook/model", "after two epochs: the model folder train.py writes at the end")"""),

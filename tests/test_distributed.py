@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 import train
@@ -42,14 +43,21 @@ def assert_same_weights(a, b):
         torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5, msg=name)
 
 
-def test_two_processes_train_the_weights_one_process_trains(tmp_path):
-    train.main(SMALL + ["--out", str(tmp_path / "one")])
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    """The run in one process, without torchrun: what the runs under torchrun must equal."""
+    out = tmp_path_factory.mktemp("one")
+    train.main(SMALL + ["--out", str(out)])
+    return out
+
+
+def test_two_processes_train_the_weights_one_process_trains(one_process, tmp_path):
     done = torchrun(2, "--out", str(tmp_path / "two"))
     assert done.returncode == 0, done.stderr[-3000:]
-    one, two = final_weights(tmp_path / "one"), final_weights(tmp_path / "two")
+    one, two = final_weights(one_process), final_weights(tmp_path / "two")
     assert torch.load(tmp_path / "two" / "checkpoint.pt", weights_only=True)["step"] == 24
     assert_same_weights(one, two)
-    logs = [(tmp_path / run / "metrics.jsonl").read_text().splitlines() for run in ("one", "two")]
+    logs = [(out / "metrics.jsonl").read_text().splitlines() for out in (one_process, tmp_path / "two")]
     assert len(logs[0]) == len(logs[1]) == 24 + 1  # every step once (one writer), then the test scores
     assert sum("val_loss" in json.loads(line) for line in logs[1]) == 3  # one validation an epoch
     for a, b in zip(map(json.loads, logs[0][:-1]), map(json.loads, logs[1][:-1])):
@@ -61,18 +69,18 @@ def test_two_processes_train_the_weights_one_process_trains(tmp_path):
     assert done.stdout.count("test split") == 1  # one process printed the results
 
 
-def test_a_run_stopped_under_two_processes_resumes_in_one(tmp_path):
-    train.main(SMALL + ["--out", str(tmp_path / "straight")])
+def test_a_run_stopped_under_two_processes_resumes_in_one(one_process, tmp_path):
     stopped = torchrun(2, "--out", str(tmp_path / "switched"), "--stop-after", "12")
     assert stopped.returncode == 0, stopped.stderr[-3000:]
     train.main(["--out", str(tmp_path / "switched"), "--resume"])
-    assert_same_weights(final_weights(tmp_path / "straight"), final_weights(tmp_path / "switched"))
+    assert_same_weights(final_weights(one_process), final_weights(tmp_path / "switched"))
 
 
-def test_a_failing_process_ends_the_run_with_its_error(tmp_path):
-    done = torchrun(2, "--out", str(tmp_path / "bad"), "--batch-size", "31")
-    assert done.returncode != 0
-    assert "--batch-size 31 does not split evenly over 2 processes" in done.stdout + done.stderr
+def test_a_batch_that_does_not_split_over_the_processes_stops_every_process_in_one_line(monkeypatch):
+    """Checked before the processes wait for each other, so each stops at once (torchrun then ends the run)."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit, match="--batch-size 31 does not split evenly over 2 processes"):
+        train.start_processes(train.parse_args(SMALL + ["--batch-size", "31"]))
 
 
 FAILS_IN_PROCESS_1 = f"""
