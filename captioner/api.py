@@ -58,13 +58,17 @@ def hugging_face_preprocess(folder, image_size):
 
 
 def hub_download(name):
-    """Fetch a model folder from the Hugging Face hub (only when the user asked) -> its local path."""
+    """Fetch a model folder from the Hugging Face hub (only when the user asked) -> its local path. The
+    weights come as model.safetensors where the repository has it, else as pytorch_model.bin (read
+    weights-only); never both, and never its TensorFlow or Flax copies."""
     try:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import list_repo_files, snapshot_download
     except ImportError:
         raise CheckpointError(f"{name}: downloading needs `pip install huggingface_hub`") from None
     try:
-        return Path(snapshot_download(name, allow_patterns=["*.json", "*.txt", "*.safetensors"]))
+        files = list_repo_files(name)
+        weights = "*.safetensors" if any(f.endswith(".safetensors") for f in files) else "pytorch_model.bin"
+        return Path(snapshot_download(name, allow_patterns=["*.json", "*.txt", weights]))
     except Exception as e:  # noqa: BLE001 - no internet, no such repository, ...
         raise CheckpointError(f"{name}: could not be downloaded from the Hugging Face hub ({e})") from None
 

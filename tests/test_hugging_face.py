@@ -259,3 +259,22 @@ def test_the_page_serves_a_vit_gpt2_folder(tmp_path):
     assert answer["captions"] == [captioner.caption(Image.open(buffer), max_len=8)]
     attention = answer["attention"]
     assert (len(attention), len(attention[0][0][0]), len(attention[0][0][0][0])) == (2, 4, 4)  # layers, grid, grid
+
+
+@pytest.mark.parametrize("files, wanted", [(["model.safetensors", "pytorch_model.bin", "tf_model.h5"], "*.safetensors"),
+                                           (["pytorch_model.bin", "tf_model.h5", "flax_model.msgpack"],
+                                            "pytorch_model.bin")])
+def test_a_download_fetches_one_copy_of_the_weights(tmp_path, monkeypatch, files, wanted):
+    """nlpconnect/vit-gpt2-image-captioning ships pytorch_model.bin and TensorFlow and Flax copies: download=True
+    fetches the configs, the tokenizer files and one PyTorch copy (the hub itself is replaced here)."""
+    import types
+
+    from captioner.api import hub_download
+
+    asked = {}
+    fake = types.SimpleNamespace(list_repo_files=lambda name: files + ["config.json", "vocab.json"],
+                                 snapshot_download=lambda name, allow_patterns: asked.update(patterns=allow_patterns)
+                                 or str(tmp_path))
+    monkeypatch.setitem(__import__("sys").modules, "huggingface_hub", fake)
+    assert hub_download("nlpconnect/vit-gpt2-image-captioning") == tmp_path
+    assert asked["patterns"] == ["*.json", "*.txt", wanted]
