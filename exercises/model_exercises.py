@@ -8,7 +8,6 @@ mask, and sizes where the mistake shows (a head width of 16, so that forgetting 
 import math
 
 import torch
-import torch.nn.functional as F
 
 from exercises.checker import Case, Exercise, Mistake
 from model.attention import MultiHeadAttention, attention, causal_mask, padding_mask, prefix_lm_mask

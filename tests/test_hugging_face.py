@@ -6,7 +6,7 @@ import torch
 
 from model.caption_model import CaptionModel
 from model.hugging_face import HuggingFaceError, load_gpt2_decoder, load_vit, vision_encoder_decoder
-from model.sampling import DecodingOptions, decode
+from model.sampling import DecodingOptions
 
 transformers = pytest.importorskip("transformers")
 
