@@ -161,7 +161,7 @@ class Captioner:
 
     @classmethod
     def from_clipcap(cls, checkpoint, gpt2_folder, clip_pretrained="openai", device="cpu"):
-        """ClipCap's released weights (e.g. coco_weights.pt, MLP mapper) with GPT-2's tokenizer files
+        """ClipCap's released weights (e.g. coco_weights.pt; MLP or transformer mapper) with GPT-2's tokenizer files
         (vocab.json and merges.txt of a `gpt2` folder) and OpenCLIP's ViT-B-32: clip_pretrained "openai"
         downloads it (the user asked, by calling this), a path reads a local copy, None is random."""
         from data.gpt2_bpe import GPT2Tokenizer

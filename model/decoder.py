@@ -27,7 +27,8 @@ class DecoderConfig:
     prefix_len: int = 10  # P, prefix tokens made from the CLIP embedding
     clip_dim: int = 512  # E, width of the pooled CLIP embedding
     patch_dim: int = 768  # width of the ViT's patch tokens
-    prefix_mapper: str = "mlp"  # "mlp" (ClipCap's MLP) or "transformer" (ClipCap's transformer mapper)
+    prefix_mapper: str = "mlp"  # "mlp" (ClipCap's MLP), "transformer" or "clipcap-transformer" (ClipCap's own)
+    mapper_layers: int = 2  # blocks of a transformer prefix mapper (ClipCap's: 8)
     cross_attention: bool = True  # False gives pure ClipCap: the prefix is the only image input
     dropout: float = 0.1  # on every residual branch, training only
     fused: bool = True  # F.scaled_dot_product_attention unless attention weights are asked for
@@ -35,7 +36,7 @@ class DecoderConfig:
     patch_proj: str = "linear_norm"  # image tokens into cross-attention: "linear_norm", "linear" or "none" (same width)
     gpt_prefix: bool = False  # ClipCap: GPT-2 over [prefix ; caption], causal, the last prefix position predicts word 1
 
-    ADDED_LATER = {"gelu", "patch_proj", "gpt_prefix"}  # absent from older model folders: their defaults are how those behaved
+    ADDED_LATER = {"gelu", "patch_proj", "gpt_prefix", "mapper_layers"}  # absent from older model folders: their defaults are how those behaved
 
 
 @dataclass
@@ -55,18 +56,21 @@ class PrefixMapper(nn.Module):
         self.kind, P, C = config.prefix_mapper, config.prefix_len, config.width
         if self.kind == "mlp":
             self.mlp = nn.Sequential(nn.Linear(config.clip_dim, P * C // 2), nn.Tanh(), nn.Linear(P * C // 2, P * C))
-        elif self.kind == "transformer":
+        elif self.kind in ("transformer", "clipcap-transformer"):  # ClipCap's: 8 heads, a ReLU MLP twice as wide
+            heads, ratio, gelu = (8, 2.0, "relu") if self.kind == "clipcap-transformer" else (config.heads, 4.0, "exact")
             self.linear = nn.Linear(config.clip_dim, P * C)
             self.constants = nn.Parameter(torch.randn(P, C) * 0.02)  # learned queries, read out as the prefix
-            self.blocks = nn.ModuleList(EncoderBlock(C, config.heads, fused=config.fused) for _ in range(2))
+            self.blocks = nn.ModuleList(EncoderBlock(C, heads, ratio, fused=config.fused, gelu=gelu)
+                                        for _ in range(config.mapper_layers))
         else:
-            raise ValueError(f"prefix_mapper must be 'mlp' or 'transformer', not {self.kind!r}")
+            raise ValueError(f"prefix_mapper must be 'mlp', 'transformer' or 'clipcap-transformer', not {self.kind!r}")
         self.P, self.C = P, C
 
     def forward(self, clip_embed):
         B = clip_embed.size(0)
         if self.kind == "mlp":
             return self.mlp(clip_embed).view(B, self.P, self.C)  # (B, P, C)
+        # the CLIP embedding as P tokens, then P learned constants; the constants' outputs are the prefix
         x = self.linear(clip_embed).view(B, self.P, self.C)  # (B, P, C)
         x = torch.cat([x, self.constants.expand(B, -1, -1)], dim=1)  # (B, 2P, C)
         for block in self.blocks:

@@ -14,17 +14,19 @@ class QuickGELU(nn.Module):
 class MLP(nn.Module):
     """Linear -> GELU -> Linear, named c_fc / c_proj as in OpenCLIP and GPT-2. (..., C) -> (..., C).
 
-    gelu: "exact" (erf), "tanh" (the tanh approximation GPT-2 was trained with, Hugging Face's gelu_new)
-    or "quick" (QuickGELU).
+    gelu: "exact" (erf), "tanh" (the tanh approximation GPT-2 was trained with, Hugging Face's gelu_new),
+    "quick" (QuickGELU) or "relu".
     """
 
     def __init__(self, width, hidden, quick_gelu=False, gelu="exact"):
         super().__init__()
         gelu = "quick" if quick_gelu else gelu
-        if gelu not in ("exact", "tanh", "quick"):
-            raise ValueError(f"gelu must be 'exact', 'tanh' or 'quick', not {gelu!r}")
+        activations = {"exact": nn.GELU, "tanh": lambda: nn.GELU(approximate="tanh"), "quick": QuickGELU,
+                       "relu": nn.ReLU}  # relu: not a GELU at all, but what ClipCap's transformer mapper uses
+        if gelu not in activations:
+            raise ValueError(f"gelu must be one of {', '.join(activations)}, not {gelu!r}")
         self.c_fc = nn.Linear(width, hidden)
-        self.gelu = QuickGELU() if gelu == "quick" else nn.GELU(approximate="tanh" if gelu == "tanh" else "none")
+        self.gelu = activations[gelu]()
         self.c_proj = nn.Linear(hidden, width)
 
     def forward(self, x):

@@ -74,12 +74,12 @@ class PatchEmbedding(nn.Module):
 class EncoderBlock(nn.Module):
     """Pre-norm transformer block: self-attention then MLP, each inside a residual."""
 
-    def __init__(self, width, heads, mlp_ratio=4.0, quick_gelu=False, fused=True, eps=1e-5):
+    def __init__(self, width, heads, mlp_ratio=4.0, quick_gelu=False, fused=True, eps=1e-5, gelu="exact"):
         super().__init__()
         self.ln_1 = nn.LayerNorm(width, eps=eps)
         self.attn = MultiHeadAttention(width, heads, fused=fused)
         self.ln_2 = nn.LayerNorm(width, eps=eps)
-        self.mlp = MLP(width, int(width * mlp_ratio), quick_gelu)
+        self.mlp = MLP(width, int(width * mlp_ratio), quick_gelu, gelu)
 
     def forward(self, x, return_attn=False):
         """x: (B, N, C) -> (x (B, N, C), weights (B, H, N, N) or None)."""

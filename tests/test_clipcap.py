@@ -32,6 +32,74 @@ class ClipCaptionModel(nn.Module):
         return self.gpt(inputs_embeds=torch.cat((prefix_projections, embedding_text), dim=1)).logits
 
 
+class ClipCapAttention(nn.Module):
+    """ClipCap's MultiHeadAttention (train.py), self-attention only, as the mapper uses it."""
+
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.num_heads, self.scale = heads, (dim // heads) ** -0.5
+        self.to_queries = nn.Linear(dim, dim, bias=False)
+        self.to_keys_values = nn.Linear(dim, dim * 2, bias=False)
+        self.project = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, n, c = x.shape
+        queries = self.to_queries(x).reshape(b, n, self.num_heads, c // self.num_heads)
+        keys_values = self.to_keys_values(x).reshape(b, n, 2, self.num_heads, c // self.num_heads)
+        keys, values = keys_values[:, :, 0], keys_values[:, :, 1]
+        attention = (torch.einsum("bnhd,bmhd->bnmh", queries, keys) * self.scale).softmax(dim=2)
+        return self.project(torch.einsum("bnmh,bmhd->bnhd", attention, values).reshape(b, n, c))
+
+
+class ClipCapTransformerLayer(nn.Module):
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.norm1, self.attn, self.norm2 = nn.LayerNorm(dim), ClipCapAttention(dim, heads), nn.LayerNorm(dim)
+        self.mlp = nn.Module()
+        self.mlp.fc1, self.mlp.fc2 = nn.Linear(dim, dim * 2), nn.Linear(dim * 2, dim)  # mlp_ratio 2, ReLU
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp.fc2(torch.relu(self.mlp.fc1(self.norm2(x))))
+
+
+class TransformerMapper(nn.Module):
+    """ClipCap's TransformerMapper (train.py), with clip_length == prefix_length as in its released weights."""
+
+    def __init__(self, dim_clip, dim, prefix_length, num_layers=3):
+        super().__init__()
+        self.clip_length = prefix_length
+        self.transformer = nn.Module()
+        self.transformer.layers = nn.ModuleList(ClipCapTransformerLayer(dim, 8) for _ in range(num_layers))
+        self.linear = nn.Linear(dim_clip, prefix_length * dim)
+        self.prefix_const = nn.Parameter(torch.randn(prefix_length, dim))
+
+    def forward(self, x):
+        x = self.linear(x).view(x.shape[0], self.clip_length, -1)
+        prefix = torch.cat((x, self.prefix_const.unsqueeze(0).expand(x.shape[0], *self.prefix_const.shape)), dim=1)
+        for layer in self.transformer.layers:
+            prefix = layer(prefix)
+        return prefix[:, self.clip_length:]
+
+
+def test_a_clipcap_checkpoint_with_the_transformer_mapper_equals_clipcaps_forward(tmp_path):
+    torch.manual_seed(0)
+    reference = ClipCaptionModel().eval()
+    mapper = TransformerMapper(E, 64, P)
+    for p in mapper.parameters():  # LayerNorms that are not the identity, so a misplaced one shows
+        p.data += 0.1 * torch.randn_like(p)
+    reference.clip_project = mapper.eval()
+    torch.save(reference.state_dict(), tmp_path / "transformer_weights.pt")
+    ours = load_clipcap_decoder(tmp_path / "transformer_weights.pt")
+    assert (ours.config.prefix_mapper, ours.config.mapper_layers) == ("clipcap-transformer", 3)
+    tokens, prefix = torch.randint(0, 50, (2, 7)), torch.randn(2, E)
+    with torch.no_grad():
+        embeds = torch.cat([mapper(prefix), reference.gpt.transformer.wte(tokens)], dim=1)
+        expected = reference.gpt(inputs_embeds=embeds).logits[:, P - 1:]
+        got = ours(torch.cat([torch.zeros(2, 1, dtype=torch.long), tokens], 1), prefix).logits
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
 @pytest.fixture
 def checkpoint(tmp_path):
     torch.manual_seed(0)
@@ -77,10 +145,10 @@ def test_clipcap_captions_greedily_as_its_own_loop_does(checkpoint):
 def test_other_files_are_refused_in_one_line(checkpoint, tmp_path):
     reference, path = checkpoint
     state = reference.state_dict()
-    state["clip_project.transformer.layers.0.norm1.weight"] = torch.ones(3)
-    torch.save(state, tmp_path / "transformer.pt")
-    with pytest.raises(HuggingFaceError, match=r"transformer.pt: ClipCap's transformer mapper is not supported yet"):
-        load_clipcap_decoder(tmp_path / "transformer.pt")
+    del state["clip_project.model.2.weight"]
+    torch.save(state, tmp_path / "cut.pt")
+    with pytest.raises(HuggingFaceError, match=r"cut.pt: the weights lack clip_project.model.2.weight"):
+        load_clipcap_decoder(tmp_path / "cut.pt")
     torch.save({"weight": torch.ones(2)}, tmp_path / "other.pt")
     with pytest.raises(HuggingFaceError, match=r"other.pt: not a ClipCap checkpoint"):
         load_clipcap_decoder(tmp_path / "other.pt")

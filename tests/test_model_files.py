@@ -240,14 +240,14 @@ def test_a_macs_gpu_captions_like_the_cpu(shapes_model, scene_png):
 
 
 def test_a_model_folder_from_before_the_newer_settings_still_loads(shapes_model, scene_png, tmp_path):
-    """Folders written before the decoder's gelu, patch_proj and gpt_prefix and the ViT's patch_bias, ln_pre,
+    """Folders written before the decoder's gelu, patch_proj, gpt_prefix and mapper_layers and the ViT's patch_bias, ln_pre,
     norm_eps and class_token_in_memory existed load with those settings' defaults: how such models ran."""
     import shutil
 
     old = tmp_path / "old"
     shutil.copytree(shapes_model, old)
     config = json.loads((old / "config.json").read_text())
-    for part, names in (("decoder", ("gelu", "patch_proj", "gpt_prefix")),
+    for part, names in (("decoder", ("gelu", "patch_proj", "gpt_prefix", "mapper_layers")),
                         ("vit", ("patch_bias", "ln_pre", "norm_eps", "class_token_in_memory"))):
         for name in names:
             del config["model"][part][name]
