@@ -219,9 +219,13 @@ def load_vit(folder):
 # ---------------------------------------------------------------------------------------------- ViT + GPT-2
 
 
+CAPTION_POSITIONS = 64  # GPT-2 has 1,024 positions; a caption needs far fewer, and decoding stops here at the latest
+
+
 def vision_encoder_decoder(folder):
     """A VisionEncoderDecoder folder with a ViT encoder and a GPT-2 decoder -> (CaptionModel, its config dict).
-    The decoder cross-attends to every encoder token, the class token included, as Hugging Face's does."""
+    The decoder cross-attends to every encoder token, the class token included, as Hugging Face's does; it
+    keeps GPT-2's first CAPTION_POSITIONS positions, so a caption (start token included) has at most 64 tokens."""
     where = Path(folder) / "config.json"
     config = read_config(folder)
     if config.get("model_type") != "vision-encoder-decoder":
@@ -229,6 +233,7 @@ def vision_encoder_decoder(folder):
                                " (a ViT-GPT2 captioner such as nlpconnect/vit-gpt2-image-captioning)")
     vit = vit_config(config.get("encoder", {}), f"{where}, encoder", class_token_in_memory=True)
     decoder = gpt2_decoder_config(config.get("decoder", {}), f"{where}, decoder", patch_dim=vit.width)
+    decoder = dataclasses.replace(decoder, max_len=min(decoder.max_len, CAPTION_POSITIONS))
     if not decoder.cross_attention:
         raise HuggingFaceError(f"{where}, decoder: add_cross_attention is false: the decoder cannot see the image")
     model = CaptionModel(CaptionModelConfig(vit, decoder, frozen_encoder=False))
@@ -236,6 +241,7 @@ def vision_encoder_decoder(folder):
     try:
         state = {"encoder." + k: v for k, v in vit_state_dict(hf, vit, "encoder.").items()}
         state |= {"decoder." + k: v for k, v in gpt2_state_dict(hf, decoder, "decoder.").items()}
+        state["decoder.positional_embedding"] = state["decoder.positional_embedding"][: decoder.max_len]
         if decoder.patch_proj == "linear":
             state["decoder.patch_proj.weight"] = hf["enc_to_dec_proj.weight"]
             state["decoder.patch_proj.bias"] = hf["enc_to_dec_proj.bias"]

@@ -72,6 +72,21 @@ def vit_gpt2(tmp_path):
     return theirs, ours
 
 
+def test_a_vit_gpt2_keeps_64_of_gpt2s_positions_and_still_equals_it(tmp_path):
+    """GPT-2's 1,024 positions are cut to 64: decoding with no max_len stops after 63 new tokens, not 1,023."""
+    torch.manual_seed(0)
+    config = transformers.VisionEncoderDecoderConfig.from_encoder_decoder_configs(
+        transformers.ViTConfig(**TINY_VIT), transformers.GPT2Config(**dict(TINY_GPT2, n_positions=1024)))
+    theirs = transformers.VisionEncoderDecoderModel(config=config).eval()
+    ours, _ = vision_encoder_decoder(saved(theirs, tmp_path / "long"))
+    assert ours.decoder.config.max_len == ours.decoder.positional_embedding.shape[0] == 64
+    images, tokens = torch.randn(1, 3, 32, 32), torch.randint(0, 61, (1, 20))
+    with torch.no_grad():
+        expected = theirs(pixel_values=images, decoder_input_ids=tokens).logits
+        torch.testing.assert_close(ours(tokens, images=images).logits, expected, rtol=1e-5, atol=1e-5)
+    assert ours.generate(59, 59, images=images)[0].shape[1] <= 63
+
+
 def test_our_vit_gpt2_equals_visionencoderdecodermodel(tmp_path):
     theirs, ours = vit_gpt2(tmp_path)
     assert isinstance(ours, CaptionModel)
