@@ -1,5 +1,6 @@
 """OpenCLIP's vision weights in our hand-written ViT, frozen, with OpenCLIP's own preprocessing."""
 
+import torch
 from torch import nn
 
 from model.vit import ViTConfig, VisionTransformer
@@ -45,8 +46,9 @@ def load_clip_vit(name="ViT-B-32", pretrained="openai", fused=True):
     clip, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained)
     config = vit_config_from_openclip(clip.visual)
     config.fused = fused
-    vit = VisionTransformer(config)
-    vit.load_openclip_state_dict(clip.visual.state_dict())
+    with torch.device("meta"):  # no random initialisation of weights about to be replaced (seconds for ViT-L-14)
+        vit = VisionTransformer(config)
+    vit.load_openclip_state_dict(clip.visual.state_dict(), assign=True)
     vit.requires_grad_(False).eval()
     vit.preprocess_cfg = dict(clip.visual.preprocess_cfg)  # size, mean, std, interpolation: to rebuild `preprocess`
     return vit, preprocess

@@ -125,11 +125,12 @@ class VisionTransformer(nn.Module):
         pooled = x[:, 0] @ self.proj  # (B, E)
         return VisionOutput(pooled, x[:, 1:], attn if return_attn else None, x)
 
-    def load_openclip_state_dict(self, state_dict):
-        """Load the state_dict of an OpenCLIP `model.visual`: only two prefixes differ from ours."""
+    def load_openclip_state_dict(self, state_dict, assign=False):
+        """Load the state_dict of an OpenCLIP `model.visual`: only two prefixes differ from ours.
+        assign=True takes the tensors themselves (for a ViT built on the "meta" device, never initialised)."""
         renamed = {}
         for name, tensor in state_dict.items():
             name = name.replace("conv1.", "patch_embed.proj.", 1) if name.startswith("conv1.") else name
             name = name.replace("transformer.resblocks.", "blocks.", 1)
             renamed[name] = tensor
-        self.load_state_dict(renamed)
+        self.load_state_dict(renamed, assign=assign)
