@@ -21,7 +21,7 @@ from PIL import Image
 from data.images import image_transform, load_image, to_rgb
 from data.regions import RegionError, fit_box, mask_region, parse_box, region_patch_mask
 from data.tokenizer import tokenizer_from_dict
-from model.checkpoint import CheckpointError, load_model, save_model_folder
+from model.checkpoint import CheckpointError, load_model, read_json, save_model_folder
 from model.rollout import attention_rollout
 from model.sampling import DecodingOptions
 
@@ -39,13 +39,11 @@ def is_hugging_face_folder(path):
 def hugging_face_preprocess(folder, image_size):
     """preprocessor_config.json of a ViT (ViTImageProcessor) -> our preprocessing spec: squash to the
     model's size with bilinear resampling, then the processor's mean and std."""
-    import json
-
     path = folder / "preprocessor_config.json"
     if not path.exists():
         raise ValueError(f"{path} does not exist: it says how images are resized and normalised")
+    p = read_json(path, ValueError)
     try:
-        p = json.loads(path.read_text())
         size = p.get("size", image_size)
         size = size.get("height", image_size) if isinstance(size, dict) else size
         if size != image_size or p.get("resample", 2) != 2 or p.get("do_center_crop", False):
@@ -53,7 +51,7 @@ def hugging_face_preprocess(folder, image_size):
                              "supported")
         return {"kind": "squash", "image_size": image_size, "resample": "bilinear",
                 "mean": list(p.get("image_mean", [0.5] * 3)), "std": list(p.get("image_std", [0.5] * 3))}
-    except (json.JSONDecodeError, AttributeError) as e:
+    except AttributeError as e:  # a field of the wrong kind
         raise ValueError(f"{path}: malformed ({e})") from None
 
 

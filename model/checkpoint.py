@@ -68,6 +68,22 @@ def load_weights_only(path, error=CheckpointError, hint=""):
         raise error(f"{path}: damaged or truncated, torch.load failed ({type(e).__name__})") from None
 
 
+def load_safetensors(path, error=CheckpointError):
+    """A safetensors file's tensors (safetensors holds no code); a broken file is `error`, naming it."""
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise error(f"{path}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
+
+
+def read_json(path, error=CheckpointError):
+    """A JSON file as Python values; one that is not JSON is `error`, naming it."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise error(f"{path}: not valid JSON ({e})") from None
+
+
 def load_checkpoint(path):
     """A training checkpoint as a dict, read without running any code it might carry."""
     path = Path(path)
@@ -116,10 +132,7 @@ def read_model_config(folder):
     path = Path(folder) / CONFIG_FILE
     if not path.is_file():
         raise CheckpointError(f"{path}: missing; a model folder holds {CONFIG_FILE} and {WEIGHTS_FILE}")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    config = read_json(path)
     if not isinstance(config, dict) or config.get("format") != MODEL_FORMAT:
         raise CheckpointError(f"{path}: not a captioner model config (its \"format\" is not {MODEL_FORMAT!r})")
     unknown, missing = sorted(set(config) - CONFIG_KEYS), sorted(CONFIG_KEYS - set(config))
@@ -138,10 +151,7 @@ def load_model_folder(folder, device="cpu"):
     weights_path = folder / WEIGHTS_FILE
     if not weights_path.is_file():
         raise CheckpointError(f"{weights_path}: missing; a model folder holds {CONFIG_FILE} and {WEIGHTS_FILE}")
-    try:
-        weights = load_file(str(weights_path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{weights_path}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
+    weights = load_safetensors(weights_path)
     model = model_from_state(config["model"], weights, f"{folder / CONFIG_FILE}, model", weights_path)
     return model.to(device).eval(), config
 

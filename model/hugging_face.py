@@ -9,13 +9,12 @@ that names the file.
 """
 
 import dataclasses
-import json
 from pathlib import Path
 
 import torch
 
 from model.caption_model import CaptionModel, CaptionModelConfig
-from model.checkpoint import load_weights_only
+from model.checkpoint import load_safetensors, load_weights_only, read_json
 from model.decoder import CaptionDecoder, DecoderConfig
 from model.vit import ViTConfig, VisionTransformer
 
@@ -31,22 +30,14 @@ def read_config(folder):
     path = Path(folder) / "config.json"
     if not path.exists():
         raise HuggingFaceError(f"{path} does not exist: not a Hugging Face model folder")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise HuggingFaceError(f"{path}: not JSON ({e})") from None
+    return read_json(path, HuggingFaceError)
 
 
 def read_weights(folder):
     """The state dict in `folder`: model.safetensors, else pytorch_model.bin (weights only)."""
     folder = Path(folder)
     if (folder / "model.safetensors").exists():
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(folder / "model.safetensors")
-        except Exception as e:  # noqa: BLE001 - safetensors raises several kinds for a broken file
-            raise HuggingFaceError(f"{folder / 'model.safetensors'}: not a safetensors file ({e})") from None
+        return load_safetensors(folder / "model.safetensors", HuggingFaceError)
     if (folder / "pytorch_model.bin").exists():
         return load_weights_only(folder / "pytorch_model.bin", HuggingFaceError)
     raise HuggingFaceError(f"{folder}: no model.safetensors or pytorch_model.bin")
