@@ -41,7 +41,7 @@ from metrics import ptb_tokenize, score_captions
 from model.caption_model import build_caption_model
 from model.checkpoint import CheckpointError, load_checkpoint, pick_device, save_checkpoint
 from model.decoder import DecoderConfig
-from model.hugging_face import gpt2_captioning_decoder, load_pretrained_part
+from model.hugging_face import gpt2_captioning_decoder, load_gpt2_weights
 from model.training import autocast_dtype, evaluate_loss, train_step
 from model.vit import ViTConfig
 
@@ -99,9 +99,10 @@ def parse_args(argv=None):
 # Data: each split is a list of images (a row in the image source) with their reference captions.
 
 
-def load_data(config, device):
+def load_data(config, device, rank=0, world=1):
     """(splits, source, frozen_vit): the built-in shapes or a caption file; frozen_vit is the CLIP encoder
-    the cached features came from (kept in the checkpoint), or None for a scratch ViT."""
+    the cached features came from (kept in the checkpoint), or None for a scratch ViT. rank of world
+    processes: the feature extraction is split between them."""
     if config.data == "shapes":
         counts = {"train": config.shapes_train, "val": config.shapes_val, "test": config.shapes_test}
         splits, source = load_shapes(counts, config.vit.image_size, config.seed, config.train_on_all_references)
@@ -122,7 +123,8 @@ def load_data(config, device):
         # (bench/feature_extraction.py: 2 workers ran at 0.88x of none on 2 cores). On a GPU they feed it.
         workers = 0 if device.type == "cpu" else min(8, os.cpu_count() or 1)
         cache = extract_features(frozen_vit.to(device), preprocess, config.clip_model, config.images, names,
-                                 config.feature_cache, num_workers=workers, device=device, **sharing())
+                                 config.feature_cache, num_workers=workers, device=device, share=(rank, world),
+                                 wait_for_all=torch.distributed.barrier if world > 1 else lambda: None)
         frozen_vit.cpu()
         source, row_of = CachedFeatureSource(cache), {n: cache.index[n] for n in cache.usable()}
     else:
@@ -176,15 +178,6 @@ def start_processes(config):
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return dist.get_rank(), world, device
-
-
-def sharing():
-    """How this process shares feature extraction: (rank, processes) and a barrier; one process does it all."""
-    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        return {}
-    import torch.distributed as dist
-
-    return {"share": (dist.get_rank(), dist.get_world_size()), "wait_for_all": dist.barrier}
 
 
 def everyone_stops(stop, world):
@@ -314,22 +307,21 @@ def train(config):
     lead = rank == 0  # process 0 alone validates, prints, logs and writes files
     out.mkdir(parents=True, exist_ok=True)
 
-    splits, source, frozen_vit = load_data(config, device)
+    splits, source, frozen_vit = load_data(config, device, rank, world)
     train_captions = [c for caps in splits["train"].targets for c in caps]
     try:
         if config.gpt2 and not Path(config.gpt2).is_dir():  # a hub name, and the user asked for it (--download)
             config = dataclasses.replace(config, gpt2=str(hub_download(config.gpt2)))
         tokenizer = (tokenizer_from_dict(resumed["tokenizer"]) if resumed else GPT2Tokenizer.from_folder(config.gpt2)
                      if config.gpt2 else build_tokenizer(config.tokenizer, train_captions, config.min_count))
-        decoder_config, gpt2_weights = (gpt2_captioning_decoder(config.gpt2, config.decoder) if config.gpt2
-                                        else (config.decoder, None))
+        decoder_config = gpt2_captioning_decoder(config.gpt2, config.decoder) if config.gpt2 else config.decoder
+        model = build_caption_model(config.vit, decoder_config, tokenizer.vocab_size, frozen_vit).to(device)
+        if config.gpt2 and resumed is None:  # a resumed run's weights come from its checkpoint
+            fresh = load_gpt2_weights(model.decoder, config.gpt2)
+            if lead:
+                print(f"decoder from {config.gpt2}; new, trained from scratch: {describe_fresh(fresh)}")
     except ValueError as e:  # a GPT-2 folder that cannot be used: one line naming the file
         raise SystemExit(f"error: {e}") from None
-    model = build_caption_model(config.vit, decoder_config, tokenizer.vocab_size, frozen_vit).to(device)
-    if gpt2_weights is not None and resumed is None:
-        fresh = load_pretrained_part(model.decoder, gpt2_weights, config.gpt2)
-        if lead:
-            print(f"decoder from {config.gpt2}; new, trained from scratch: {describe_fresh(fresh)}")
     params = trainable_parameters(model, config.train_only)
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     autocast = autocast_dtype(device, config.amp)  # bfloat16, float16 (a GPU without bfloat16) or None
@@ -345,7 +337,7 @@ def train(config):
     if config.compile:
         trained = torch.compile(trained)  # checkpoints still hold the plain model's state_dict()
 
-    max_len = config.decoder.max_len
+    max_len = model.decoder.config.max_caption  # captions are cut to what the positions hold
     train_pairs = make_pairs(splits["train"].rows, splits["train"].targets, tokenizer, max_len)
     val_pairs = make_pairs(splits["val"].rows, splits["val"].targets, tokenizer, max_len)  # what is taught
     steps_per_epoch = len(train_pairs) // config.batch_size

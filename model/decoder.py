@@ -38,6 +38,12 @@ class DecoderConfig:
 
     ADDED_LATER = {"gelu", "patch_proj", "gpt_prefix", "mapper_layers"}  # absent from older model folders: their defaults are how those behaved
 
+    @property
+    def max_caption(self):
+        """The longest caption, start token included, that the position table holds. max_len counts caption
+        positions; in ClipCap's layout it counts the prefix's too, and the start token takes none."""
+        return self.max_len - self.prefix_len + 1 if self.gpt_prefix else self.max_len
+
 
 @dataclass
 class DecoderOutput:
@@ -147,8 +153,8 @@ class CaptionDecoder(nn.Module):
         nn.init.normal_(self.token_embedding.weight, std=0.02)
 
     def new_cache(self, max_tokens=None):
-        """An empty KVCache with room for the prefix and max_tokens caption tokens (default: max_len)."""
-        return KVCache(self.config.layers, capacity=self.config.prefix_len + (max_tokens or self.config.max_len))
+        """An empty KVCache with room for the prefix and max_tokens caption tokens (default: the most there can be)."""
+        return KVCache(self.config.layers, capacity=self.config.prefix_len + (max_tokens or self.config.max_caption))
 
     def forward(self, tokens, clip_embed, patches=None, lengths=None, patch_mask=None, cache=None,
                 return_attn=False):

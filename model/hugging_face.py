@@ -119,37 +119,41 @@ def load_gpt2_decoder(folder):
     where = Path(folder) / "config.json"
     config = gpt2_decoder_config(read_config(folder), where)
     decoder = CaptionDecoder(config)
-    try:
-        state = gpt2_state_dict(read_weights(folder), config)
-    except KeyError as e:
-        raise HuggingFaceError(f"{Path(folder)}: the weights lack {e.args[0]}: not a GPT-2 checkpoint") from None
-    load_into(decoder, state, Path(folder))
+    load_into(decoder, read_gpt2_weights(folder, config), Path(folder))
     return decoder.eval()
 
 
-def gpt2_captioning_decoder(folder, base: DecoderConfig):
-    """A caption decoder that starts from a GPT-2 or DistilGPT2 folder: GPT-2's sizes, vocabulary and weights,
-    with `base`'s prefix (ClipCap's layout when it has one), cross-attention (fresh, unless the checkpoint
-    has it), caption length and dropout. -> (DecoderConfig, GPT-2's weights by our names)."""
-    where = Path(folder) / "config.json"
-    gpt = gpt2_decoder_config(read_config(folder), where)
-    P = base.prefix_len
-    config = dataclasses.replace(gpt, prefix_len=P, gpt_prefix=P > 0, prefix_mapper=base.prefix_mapper,
-                                 cross_attention=base.cross_attention, dropout=base.dropout,
-                                 max_len=min(gpt.max_len, base.max_len + P), patch_proj="linear_norm")
+def read_gpt2_weights(folder, config, max_len=None):
+    """GPT-2's weights in `folder` by our names; config: the file's own (gpt2_decoder_config). Positions
+    beyond max_len are dropped (captions are short)."""
     try:
-        weights = gpt2_state_dict(read_weights(folder), gpt)
+        weights = gpt2_state_dict(read_weights(folder), config)
     except KeyError as e:
         raise HuggingFaceError(f"{Path(folder)}: the weights lack {e.args[0]}: not a GPT-2 checkpoint") from None
-    weights["positional_embedding"] = weights["positional_embedding"][: config.max_len]  # captions are short
-    return config, weights
+    weights["positional_embedding"] = weights["positional_embedding"][:max_len]
+    return weights
 
 
-def load_pretrained_part(module, weights, where):
-    """Load the weights a checkpoint has into `module`, leaving the rest as initialised -> the names left fresh."""
-    missing, unexpected = module.load_state_dict(weights, strict=False)
+def gpt2_captioning_decoder(folder, base: DecoderConfig):
+    """The config of a caption decoder that starts from a GPT-2 or DistilGPT2 folder: GPT-2's sizes and
+    vocabulary, with `base`'s prefix (ClipCap's layout when it has one), cross-attention, caption length
+    and dropout. load_gpt2_weights then fills it."""
+    gpt = gpt2_decoder_config(read_config(folder), Path(folder) / "config.json")
+    P = base.prefix_len
+    return dataclasses.replace(gpt, prefix_len=P, gpt_prefix=P > 0, prefix_mapper=base.prefix_mapper,
+                               cross_attention=base.cross_attention, dropout=base.dropout,
+                               max_len=min(gpt.max_len, base.max_len + P), patch_proj="linear_norm")
+
+
+def load_gpt2_weights(decoder, folder):
+    """Load a GPT-2 folder's weights into a decoder of gpt2_captioning_decoder's config; what GPT-2 has no
+    weights for (fresh cross-attention, a prefix mapper, the patch projection) stays as initialised.
+    -> the names left fresh."""
+    gpt = gpt2_decoder_config(read_config(folder), Path(folder) / "config.json")
+    weights = read_gpt2_weights(folder, gpt, decoder.config.max_len)
+    missing, unexpected = decoder.load_state_dict(weights, strict=False)
     if unexpected:
-        raise HuggingFaceError(f"{where}: weights the decoder has no place for: {', '.join(unexpected[:3])}")
+        raise HuggingFaceError(f"{folder}: weights the decoder has no place for: {', '.join(unexpected[:3])}")
     return missing
 
 

@@ -95,8 +95,8 @@ def sample(decoder, clip_embed, patches, bos_id, eos_id, max_new_tokens=None, te
     use_cache=False recomputes the whole sequence every step (slow; kept to test the cache against).
     """
     B, device = clip_embed.size(0), clip_embed.device
-    max_new_tokens = max_new_tokens or decoder.config.max_len - 1
-    max_new_tokens = min(max_new_tokens, decoder.config.max_len - 1)
+    longest = decoder.config.max_caption - 1  # new tokens after the start token
+    max_new_tokens = min(max_new_tokens or longest, longest)
     tokens = torch.full((B, 1), bos_id, dtype=torch.long, device=device)  # (B, 1)
     done = torch.zeros(B, dtype=torch.bool, device=device)
     cache = decoder.new_cache(1 + max_new_tokens) if use_cache else None  # start token + new ones
@@ -133,7 +133,8 @@ def beam_search(decoder, clip_embed, patches, bos_id, eos_id, beam_size=3, max_n
     -> (tokens (B, T_new), scores (B,)).
     """
     B, K, device = clip_embed.size(0), beam_size, clip_embed.device
-    max_new_tokens = min(max_new_tokens or decoder.config.max_len - 1, decoder.config.max_len - 1)
+    longest = decoder.config.max_caption - 1  # new tokens after the start token
+    max_new_tokens = min(max_new_tokens or longest, longest)
     rows = torch.arange(B, device=device).repeat_interleave(K)  # (B*K,), the image of each beam
     clip_embed = clip_embed[rows]  # (B*K, E)
     patches = patches[rows] if patches is not None else None  # (B*K, N, patch_dim)

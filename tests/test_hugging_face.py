@@ -223,6 +223,9 @@ def test_training_from_gpt2_with_fresh_cross_attention(tmp_path, capsys):
     assert weights["decoder.positional_embedding"].shape[0] == 4 + 16  # prefix + caption, not all 32 of GPT-2
     assert "decoder.blocks.0.cross_attn.in_proj_weight" in weights
     assert "new, trained from scratch: cross_attn, ln_2, patch_proj, prefix" in capsys.readouterr().out
+    (folder / "model.safetensors").unlink()  # a resumed run takes its weights from the checkpoint alone
+    train.main(["--out", str(out), "--resume"])
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 16
     with pytest.raises(SystemExit):
         train.parse_args(["--preset", "flickr30k-gpt2", "--data", "x.json", "--images", "x/"])
     assert "the flickr30k-gpt2 preset needs --gpt2 FOLDER" in capsys.readouterr().err
