@@ -131,6 +131,18 @@ class KVCache:
                 cross_cache.reorder(index)
 
 
+def patch_projection(c: DecoderConfig):
+    """How the image's tokens enter cross-attention: (B, N, patch_dim) -> (B, N, C)."""
+    if c.patch_proj == "linear_norm":
+        return nn.Sequential(nn.Linear(c.patch_dim, c.width), nn.LayerNorm(c.width))
+    if c.patch_proj == "linear":  # Hugging Face's enc_to_dec_proj
+        return nn.Linear(c.patch_dim, c.width)
+    if c.patch_proj == "none" and c.patch_dim == c.width:  # ViT-GPT2: the encoder is already as wide
+        return nn.Identity()
+    raise ValueError(f"patch_proj must be 'linear_norm', 'linear' or 'none' (with patch_dim == width), "
+                     f"not {c.patch_proj!r} with patch_dim {c.patch_dim} and width {c.width}")
+
+
 class CaptionDecoder(nn.Module):
     """(caption tokens, CLIP embedding, patch tokens) -> next-token logits."""
 
@@ -141,13 +153,10 @@ class CaptionDecoder(nn.Module):
         self.positional_embedding = nn.Parameter(torch.randn(c.max_len, c.width) * 0.01)
         if c.prefix_len:  # ClipCap's prefix; a plain language model (GPT-2 with cross-attention) has none
             self.prefix = PrefixMapper(c)
-        if c.cross_attention and c.patch_proj == "linear_norm":
-            self.patch_proj = nn.Sequential(nn.Linear(c.patch_dim, c.width), nn.LayerNorm(c.width))
-        elif c.cross_attention and c.patch_proj == "linear":  # Hugging Face's enc_to_dec_proj
-            self.patch_proj = nn.Linear(c.patch_dim, c.width)
-        elif c.cross_attention and (c.patch_proj != "none" or c.patch_dim != c.width):
-            raise ValueError(f"patch_proj must be 'linear_norm', 'linear' or 'none' (with patch_dim == width), "
-                             f"not {c.patch_proj!r} with patch_dim {c.patch_dim} and width {c.width}")
+        if c.gpt_prefix and not c.prefix_len:
+            raise ValueError("gpt_prefix (ClipCap's layout) needs a prefix: prefix_len must be above 0")
+        if c.cross_attention:
+            self.patch_proj = patch_projection(c)
         self.blocks = nn.ModuleList(DecoderBlock(c) for _ in range(c.layers))
         self.ln_f = nn.LayerNorm(c.width)
         nn.init.normal_(self.token_embedding.weight, std=0.02)
@@ -199,7 +208,7 @@ class CaptionDecoder(nn.Module):
         if self.config.cross_attention and first:
             if patches is None:
                 raise ValueError("this decoder cross-attends to the image: pass its patch tokens")
-            memory = (self.patch_proj(patches) if hasattr(self, "patch_proj") else patches).to(x.dtype)  # (B, N, C)
+            memory = self.patch_proj(patches).to(x.dtype)  # (B, N, C)
         memory_mask = patch_mask[:, None, None, :] if patch_mask is not None else None  # (B, 1, 1, N)
         self_attn, cross_attn = [], []
         for i, block in enumerate(self.blocks):
