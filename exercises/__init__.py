@@ -51,11 +51,16 @@ def check(name, *functions, quiet=False, **named):
     return report
 
 
+def check_file(name, folder):
+    """The functions of the student's file folder/NAME.py, and the Report of their check."""
+    path = Path(folder) / exercise(name).file
+    functions = load(path)
+    return functions, check_functions(exercise(name), functions, where=path)
+
+
 def check_folder(name, folder=WORKSPACE, quiet=True):
     """Check the student's file folder/NAME.py -> Report (printed too unless quiet)."""
-    ex = exercise(name)
-    path = Path(folder) / ex.file
-    report = check_functions(ex, load(path), where=path)
+    _, report = check_file(name, folder)
     if not quiet:
         print(summary(report))
     return report
@@ -79,9 +84,8 @@ def student_code(names, folder=WORKSPACE):
         if name not in PLUGS:
             raise SystemExit(f"error: --student-code {name}: that exercise has no place in the model; these "
                              f"do: {', '.join(PLUGS)} (or all)")
-        path = Path(folder) / exercise(name).file
-        functions[name] = load(path)
-        if not check_functions(exercise(name), functions[name], where=path).ok:
-            raise SystemExit(f"error: {path} does not pass its check yet; run `python -m exercises check {name}"
+        functions[name], report = check_file(name, folder)
+        if not report.ok:
+            raise SystemExit(f"error: {Path(folder) / exercise(name).file} does not pass its check yet; run `python -m exercises check {name}"
                              f"{'' if str(folder) == WORKSPACE else ' --dir ' + str(folder)}` and fix it first")
     return functions
