@@ -28,11 +28,9 @@ from model.sampling import DecodingOptions
 
 def is_hugging_face_folder(path):
     """A folder whose config.json names a Hugging Face model_type (ours holds "model" and "tokenizer")."""
-    import json
-
     try:
-        return path.is_dir() and "model_type" in json.loads((path / "config.json").read_text())
-    except (OSError, ValueError):
+        return path.is_dir() and "model_type" in read_json(path / "config.json")
+    except (OSError, ValueError, TypeError):  # no config.json, not JSON, or JSON of another shape
         return False
 
 

@@ -90,6 +90,7 @@ ATTENTION = Exercise(
 
 # ---------------------------------------------------------------------------------------------- 2. masks
 
+UPSIDE_DOWN = "the causal mask is upside down: query t may attend to keys 0..t (the lower triangle), not to the future."
 MASKS = Exercise(
     "masks", "the causal and padding masks",
     {"causal_mask": REFERENCE["causal_mask"], "padding_mask": REFERENCE["padding_mask"]},
@@ -105,12 +106,9 @@ MASKS = Exercise(
                 "mask of 0 and -inf is another convention; this project uses booleans, as "
                 "F.scaled_dot_product_attention does).",
                 seen=lambda args, got, expected, student: isinstance(got, torch.Tensor) and got.dtype != torch.bool),
-        Mistake("the causal mask is upside down: query t may attend to keys 0..t (the lower triangle), "
-                "not to the future.", function="causal_mask",
+        Mistake(UPSIDE_DOWN, function="causal_mask",  # the upper triangle with its diagonal, or without
                 wrong=lambda T, S=None: ~REFERENCE["causal_mask"](T, S) | torch.eye(T, S or T, dtype=torch.bool)),
-        Mistake("the causal mask is upside down: query t may attend to keys 0..t (the lower triangle), "
-                "not to the future.", function="causal_mask",
-                wrong=lambda T, S=None: ~REFERENCE["causal_mask"](T, S)),
+        Mistake(UPSIDE_DOWN, function="causal_mask", wrong=lambda T, S=None: ~REFERENCE["causal_mask"](T, S)),
         Mistake("a position cannot see itself: the diagonal must be True (token t's query may read token t).",
                 function="causal_mask",
                 wrong=lambda T, S=None: REFERENCE["causal_mask"](T, S) & ~torch.eye(T, S or T, dtype=torch.bool)),

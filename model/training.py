@@ -64,14 +64,14 @@ def train_step(model, optimizer, params, batch, lr, grad_clip=1.0, label_smoothi
         scaled = loss * processes
         (scaler.scale(scaled) if scaler is not None else scaled).backward()
         total = total + loss.detach()
-    if scaler is None:
-        torch.nn.utils.clip_grad_norm_(params, grad_clip)
-        optimizer.step()
-        return total
-    scaler.unscale_(optimizer)  # true gradients, so clipping sees their real size
+    if scaler is not None:
+        scaler.unscale_(optimizer)  # true gradients, so clipping sees their real size
     torch.nn.utils.clip_grad_norm_(params, grad_clip)
-    scaler.step(optimizer)  # skipped if any gradient is inf or NaN
-    scaler.update()
+    if scaler is None:
+        optimizer.step()
+    else:
+        scaler.step(optimizer)  # skipped if any gradient is inf or NaN
+        scaler.update()
     return total
 
 
