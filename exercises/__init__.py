@@ -9,12 +9,18 @@ See exercises/README.md (for students and instructors).
 import shutil
 from pathlib import Path
 
+from exercises.captioner_case import in_the_captioner
 from exercises.checker import STUBS, Report, check as check_functions, load
 from exercises.decoding_exercises import BEAM, CACHE, FILTERS
 from exercises.model_exercises import ATTENTION, BLOCK, HEADS, MASKS, PATCHES, PREFIX
+from exercises.isolate import check_all_isolated, check_isolated
 from exercises.plug import PLUGS, plug_in, use_student_code
 
 EXERCISES = {e.name: e for e in (ATTENTION, MASKS, HEADS, PATCHES, BLOCK, PREFIX, CACHE, FILTERS, BEAM)}
+for _name in PLUGS:  # a pass means the captioner works: the last case runs it with the student's code
+    _case, _mistakes = in_the_captioner(_name)
+    EXERCISES[_name].cases.append(_case)
+    EXERCISES[_name].mistakes.extend(_mistakes)
 WORKSPACE = "my_exercises"  # where a student's copies of the stubs live (git ignores it)
 
 __all__ = ["EXERCISES", "WORKSPACE", "Report", "check", "check_folder", "student_code", "plug_in",
@@ -59,8 +65,9 @@ def check_file(name, folder):
 
 
 def check_folder(name, folder=WORKSPACE, quiet=True):
-    """Check the student's file folder/NAME.py -> Report (printed too unless quiet)."""
-    _, report = check_file(name, folder)
+    """Check the student's file folder/NAME.py in a process of its own (exercises/isolate.py) -> Report
+    (printed too unless quiet). Nothing the file does (exit, hang, crash, change the checker) stops it."""
+    report = check_isolated(name, folder)
     if not quiet:
         print(summary(report))
     return report
@@ -69,23 +76,23 @@ def check_folder(name, folder=WORKSPACE, quiet=True):
 def summary(report):
     ex = report.exercise
     number = list(EXERCISES).index(ex.name) + 1
+    note = f"\n  {report.note}" if report.note else ""
     if report.ok:
-        return f"{number}. {ex.name} ({ex.title}): passed all {report.passed} cases"
+        return f"{number}. {ex.name} ({ex.title}): passed all {report.passed} cases" + note
     return f"{number}. {ex.name} ({ex.title}): {'not implemented yet' if report.not_implemented else 'FAILED'}\n  " \
-           + report.message
+           + report.message + note
 
 
 def student_code(names, folder=WORKSPACE):
     """The student's functions for plug_in: names is "attention,block" (or "all", every exercise that has a
     place in the model). Each must pass its check first; otherwise SystemExit with one line saying which."""
     wanted = list(PLUGS) if names.strip() == "all" else [n.strip() for n in names.split(",") if n.strip()]
-    functions = {}
     for name in wanted:
         if name not in PLUGS:
             raise SystemExit(f"error: --student-code {name}: that exercise has no place in the model; these "
                              f"do: {', '.join(PLUGS)} (or all)")
-        functions[name], report = check_file(name, folder)
+    for name, report in check_all_isolated(wanted, folder).items():
         if not report.ok:
             raise SystemExit(f"error: {Path(folder) / exercise(name).file} does not pass its check yet; run `python -m exercises check {name}"
                              f"{'' if str(folder) == WORKSPACE else ' --dir ' + str(folder)}` and fix it first")
-    return functions
+    return {name: load(Path(folder) / exercise(name).file) for name in wanted}

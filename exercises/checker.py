@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from exercises.findings import structural
+
 STUBS = Path(__file__).resolve().parent / "stubs"  # the files handed out, one per exercise
 
 
@@ -23,7 +25,7 @@ class Case:
     """One call of one of the exercise's functions: `args()` builds its (seeded) arguments afresh."""
 
     name: str  # what the case is, in words, e.g. "causal mask, 2 images x 3 heads, 5 tokens"
-    function: str  # which of the exercise's functions it calls
+    function: str  # which of the exercise's functions it calls; "*": all of them (run gets name -> function)
     args: callable
     returns: object = "result"  # what the result is called in messages; a tuple of names for a tuple
     run: callable = None  # how to call the function: run(function, args) -> result; default function(*args)
@@ -66,6 +68,8 @@ class Report:
     passed: int  # cases passed before the first failure (all of them if it passed)
     message: str = ""  # empty when every case passed
     not_implemented: bool = False
+    outputs: list = field(default_factory=list)  # what the student's code returned, case by case
+    note: str = ""  # said after the verdict, whatever it is (e.g. how much the code printed)
 
     @property
     def ok(self):
@@ -93,7 +97,8 @@ def difference(got, expected, name="result"):
         return f"{where}: expected a tensor of shape {tuple(expected.shape)}, got {describe(got)}"
     if got.shape != expected.shape:
         return f"{where}: expected shape {tuple(expected.shape)}, got {tuple(got.shape)}"
-    if (got.dtype == torch.bool) != (expected.dtype == torch.bool):
+    if (got.dtype == torch.bool) != (expected.dtype == torch.bool) or got.is_complex() != expected.is_complex() \
+            or got.is_floating_point() != expected.is_floating_point():
         return f"{where}: expected a {expected.dtype} tensor, got {got.dtype}"
     if expected.dtype == torch.bool or not expected.is_floating_point():
         wrong = got != expected
@@ -144,32 +149,39 @@ def check(exercise, functions, where=None):
     """Run every case of `exercise` with the student's `functions` (name -> callable) -> Report.
     `where` names the student's file in the messages."""
     where = where or "your code"
+    outputs = []
     for number, case in enumerate(exercise.cases, 1):
         args = case.args()
         header = f"case {number} of {len(exercise.cases)} ({case.name})"
-        student = functions.get(case.function)
-        if student is None:
-            return Report(exercise, number - 1, f"{where} has no function {case.function}()")
-        expected = case.call(exercise.functions[case.function], args)
+        needed = list(exercise.functions) if case.function == "*" else [case.function]
+        missing = [name for name in needed if not callable(functions.get(name))]
+        if missing:
+            return Report(exercise, number - 1, f"{where} has no function {missing[0]}()", outputs=outputs)
+        student = functions if case.function == "*" else functions[case.function]
+        expected = case.call(exercise.functions if case.function == "*" else exercise.functions[case.function], args)
+        called = "your code" if case.function == "*" else f"{case.function}()"
         try:
             got = case.call(student, args)
         except NotImplementedError:
-            return Report(exercise, number - 1, f"{case.function}() is not implemented yet: open {where}, read "
-                          "its docstring and hints, and replace the `raise NotImplementedError`", True)
-        except Exception as error:  # noqa: BLE001 - any error of the student's code is reported, not raised
+            return Report(exercise, number - 1, f"{needed[0]}() is not implemented yet: open {where}, read "
+                          "its docstring and hints, and replace the `raise NotImplementedError`", True, outputs)
+        except (Exception, SystemExit) as error:  # noqa: BLE001 - any error of the student's code is reported, not raised
             line = next((f"{Path(f.filename).name} line {f.lineno}" for f in
                          reversed(traceback.extract_tb(error.__traceback__)) if Path(f.filename).name ==
                          Path(str(where)).name), "")
-            message = f"{case.function}() raised {type(error).__name__} on {header}" + (f", at {line}" if line else "")
+            message = f"{called} raised {type(error).__name__} on {header}" + (f", at {line}" if line else "")
             message += f": {str(error).splitlines()[0] if str(error) else ''}"
             hint = diagnose(exercise, case, args, student, error=error)
-            return Report(exercise, number - 1, message + (f"\n  Likely mistake: {hint}" if hint else ""))
+            return Report(exercise, number - 1, message + (f"\n  Likely mistake: {hint}" if hint else ""), outputs=outputs)
+        outputs.append(got)
         problem = difference(got, expected, case.returns)
         if problem:
             hint = diagnose(exercise, case, args, student, got, expected)
-            message = f"{case.function}() gave a wrong answer on {header}:\n  {problem}"
-            return Report(exercise, number - 1, message + (f"\n  Likely mistake: {hint}" if hint else ""))
-    return Report(exercise, len(exercise.cases))
+            finding = None if hint else structural(got, expected, args, case.returns)
+            message = f"{called} gave a wrong answer on {header}:\n  {problem}"
+            message += f"\n  Likely mistake: {hint}" if hint else f"\n  What differs: {finding}" if finding else ""
+            return Report(exercise, number - 1, message, outputs=outputs)
+    return Report(exercise, len(exercise.cases), outputs=outputs)
 
 
 def load(path):
@@ -185,6 +197,9 @@ def load(path):
         spec.loader.exec_module(module)
     except SyntaxError as e:
         raise SystemExit(f"error: {path} line {e.lineno}: {e.msg}") from None
+    except SystemExit as e:
+        raise SystemExit(f"error: {path} ended the checker before it finished (it called sys.exit({e.code!r}) as it was "
+                         "imported): a file of exercises only defines functions") from None
     except Exception as e:  # noqa: BLE001 - the student's module failed as it was imported
         raise SystemExit(f"error: {path} could not be imported: {type(e).__name__}: {e}") from None
     sys.modules[module_name] = module

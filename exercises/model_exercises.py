@@ -10,7 +10,7 @@ import math
 import torch
 
 from exercises.checker import Case, Exercise, Mistake
-from model.attention import MultiHeadAttention, attention, causal_mask, padding_mask, prefix_lm_mask
+from model.attention import attention, causal_mask, merge_heads, padding_mask, prefix_lm_mask, split_heads
 from model.decoder import DecoderBlock, DecoderConfig
 from model.sampling import best_beams, top_k_filter, top_p_filter
 from model.vit import PatchEmbedding
@@ -20,8 +20,8 @@ REFERENCE = {
     "attention": attention, "causal_mask": causal_mask, "padding_mask": padding_mask,
     "prefix_lm_mask": prefix_lm_mask, "top_k_filter": top_k_filter, "top_p_filter": top_p_filter,
     "best_beams": best_beams, "decoder_block": DecoderBlock.forward,
-    "split_heads": MultiHeadAttention.split_heads, "merge_heads": MultiHeadAttention.merge_heads,
-    "patch_embedding": PatchEmbedding.forward,
+    "split_heads": split_heads, "merge_heads": merge_heads,
+    "patch_embedding": PatchEmbedding.forward,  # its convolution: reference_patches below
 }
 
 
@@ -137,19 +137,9 @@ def merge_args(B, H, T, D, seed):
     return lambda: (x,)
 
 
-def reference_split(x, heads):
-    module = MultiHeadAttention.__new__(MultiHeadAttention)  # split_heads reads only self.heads
-    module.heads = heads
-    return REFERENCE["split_heads"](module, x)
-
-
-def reference_merge(x):
-    return REFERENCE["merge_heads"](None, x)
-
-
 HEADS = Exercise(
     "heads", "splitting into heads and merging them back",
-    {"split_heads": reference_split, "merge_heads": reference_merge},
+    {"split_heads": REFERENCE["split_heads"], "merge_heads": REFERENCE["merge_heads"]},
     [
         Case("split (2, 5, 12) into 3 heads", "split_heads", split_args(2, 5, 12, 3, 0)),
         Case("split (1, 4, 16) into 4 heads", "split_heads", split_args(1, 4, 16, 4, 1)),
@@ -179,10 +169,9 @@ def patch_args(B, size, p, C, seed):
 
 
 def reference_patches(images, weight, patch_size):
-    embed = PatchEmbedding(patch_size, weight.size(0))
-    with torch.no_grad():
-        embed.proj.weight.copy_(weight)
-        return REFERENCE["patch_embedding"](embed, images)
+    """PatchEmbedding's own path (its convolution) with this weight."""
+    x = torch.nn.functional.conv2d(images, weight, stride=patch_size)  # (B, C, grid, grid)
+    return x.flatten(2).transpose(1, 2)  # (B, N, C)
 
 
 def patches_in_columns(images, weight, p):

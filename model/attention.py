@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.hooks import plugged
+
 
 def attention(q, k, v, mask=None):
     """softmax(q k^T / sqrt(D)) v, written out. q: (B, H, T, D), k, v: (B, H, S, D) -> (out, weights)."""
@@ -44,6 +46,18 @@ def padding_mask(lengths, S):
     """(B, 1, 1, S) mask from per-row lengths: key s is real if s < lengths[b]."""
     k_pos = torch.arange(S, device=lengths.device)  # (S,)
     return (k_pos[None, :] < lengths[:, None])[:, None, None, :]  # (B, 1, 1, S)
+
+
+def split_heads(x, heads):
+    """(B, T, C) -> (B, H, T, D): head h gets channels h*D to (h+1)*D - 1."""
+    B, T, C = x.shape
+    return x.view(B, T, heads, C // heads).transpose(1, 2)  # (B, H, T, D)
+
+
+def merge_heads(x):
+    """(B, H, T, D) -> (B, T, C): the heads' outputs side by side again."""
+    B, H, T, D = x.shape
+    return x.transpose(1, 2).reshape(B, T, H * D)  # (B, T, C)
 
 
 @dataclass
@@ -106,14 +120,12 @@ class MultiHeadAttention(nn.Module):
         nn.init.xavier_uniform_(self.in_proj_weight)
 
     def split_heads(self, x):
-        """(B, T, C) -> (B, H, T, D): head h gets channels h*D to (h+1)*D - 1."""
-        B, T, C = x.shape
-        return x.view(B, T, self.heads, C // self.heads).transpose(1, 2)  # (B, H, T, D)
+        """(B, T, C) -> (B, H, T, D), by split_heads above (or the function plugged in there: model/hooks.py)."""
+        return (plugged("split_heads") or split_heads)(x, self.heads)
 
     def merge_heads(self, x):
-        """(B, H, T, D) -> (B, T, C): the heads' outputs side by side again."""
-        B, H, T, D = x.shape
-        return x.transpose(1, 2).reshape(B, T, H * D)  # (B, T, C)
+        """(B, H, T, D) -> (B, T, C), by merge_heads above (or the function plugged in there)."""
+        return (plugged("merge_heads") or merge_heads)(x)
 
     def forward(self, x, context=None, mask=None, cache=None, return_attn=False):
         """x: (B, T, C) queries; context: (B, S, C) keys/values, or None for self-attention.
@@ -140,8 +152,10 @@ class MultiHeadAttention(nn.Module):
                 k, v = self.split_heads(k), self.split_heads(v)  # (B, H, S, D)
                 if cache is not None:
                     cache.k, cache.v = k, v
-        if self.fused and not return_attn:
+        theirs = plugged("attention")  # a student's attention (model/hooks.py) runs on every path
+        if self.fused and not return_attn and theirs is None:
             out, weights = F.scaled_dot_product_attention(q, k, v, attn_mask=mask), None  # (B, H, T, D)
         else:
-            out, weights = attention(q, k, v, mask)  # (B, H, T, D), (B, H, T, S)
+            out, weights = (theirs or attention)(q, k, v, mask)  # (B, H, T, D), (B, H, T, S)
+            weights = weights if return_attn else None
         return self.out_proj(self.merge_heads(out)), weights  # (B, T, C)

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from model.attention import AttentionCache, MultiHeadAttention, causal_mask, padding_mask, prefix_lm_mask
+from model.hooks import mask_from, plugged
 from model.mlp import MLP
 from model.vit import EncoderBlock
 
@@ -93,9 +94,9 @@ class DecoderBlock(nn.Module):
         C = config.width
         self.ln_1 = nn.LayerNorm(C)
         self.self_attn = MultiHeadAttention(C, config.heads, fused=config.fused)
-        if config.cross_attention:
-            self.ln_2 = nn.LayerNorm(C)
-            self.cross_attn = MultiHeadAttention(C, config.heads, fused=config.fused)
+        cross = config.cross_attention  # without it (pure ClipCap) both are None
+        self.ln_2 = nn.LayerNorm(C) if cross else None
+        self.cross_attn = MultiHeadAttention(C, config.heads, fused=config.fused) if cross else None
         self.ln_3 = nn.LayerNorm(C)
         self.mlp = MLP(C, int(C * config.mlp_ratio), gelu=config.gelu)
         self.dropout = nn.Dropout(config.dropout)
@@ -107,7 +108,7 @@ class DecoderBlock(nn.Module):
         a, self_w = self.self_attn(self.ln_1(x), mask=mask, cache=self_cache, return_attn=return_attn)
         x = x + self.dropout(a)
         cross_w = None
-        if hasattr(self, "cross_attn"):
+        if self.cross_attn is not None:
             a, cross_w = self.cross_attn(self.ln_2(x), memory, memory_mask, cross_cache, return_attn)
             x = x + self.dropout(a)
         x = x + self.dropout(self.mlp(self.ln_3(x)))
@@ -143,6 +144,37 @@ def patch_projection(c: DecoderConfig):
                      f"not {c.patch_proj!r} with patch_dim {c.patch_dim} and width {c.width}")
 
 
+def self_attention_layout(config: DecoderConfig, T, past, lengths=None, device=None):
+    """Where a call's T caption tokens sit, and what each of its positions may attend to, in either layout.
+
+    past: positions (prefix included) already in the cache, 0 on a first call (which also runs the P prefix
+    positions). T counts the tokens as they enter the blocks (ClipCap's layout has already dropped the start
+    token). lengths: (B,) real lengths of those T tokens in a right-padded batch, or None.
+    -> (the position-table row of the first token, the self-attention mask (.., L, S) or None).
+    """
+    P, first = config.prefix_len, past == 0
+    if config.gpt_prefix:  # ClipCap: one position table for [prefix ; caption]
+        position = P if first else past
+    else:  # our layout: the caption's own table, the prefix has none
+        position = 0 if first else past - P
+    if position + T > config.max_len:
+        raise ValueError(f"{position + T} positions are more than max_len={config.max_len}")
+    L = P + T if first else T  # the positions this call runs
+    if first and config.gpt_prefix:
+        mask = mask_from("causal_mask", causal_mask, L, device=device)  # (L, L): GPT-2's, the prefix causal too
+    elif first:
+        mask = mask_from("prefix_lm_mask", prefix_lm_mask, P, T, device=device)  # (L, L): prefix seen whole
+    elif L > 1:
+        mask = mask_from("causal_mask", causal_mask, L, past + L, device=device)  # (T, S): all earlier positions
+    else:
+        mask = None  # one new token may look at every position before it: nothing to mask
+    if lengths is not None:
+        before = past if not first else P  # key positions ahead of this call's tokens
+        keys = (plugged("padding_mask") or padding_mask)(before + lengths, before + T).to(device)  # (B, 1, 1, S)
+        mask = keys if mask is None else mask & keys  # (B, 1, L, S)
+    return position, mask
+
+
 class CaptionDecoder(nn.Module):
     """(caption tokens, CLIP embedding, patch tokens) -> next-token logits."""
 
@@ -174,36 +206,18 @@ class CaptionDecoder(nn.Module):
         With a `cache`, the first call processes prefix + tokens and later calls only the new tokens.
         Returns DecoderOutput with logits (B, T, V).
         """
-        P, T = self.config.prefix_len, tokens.size(1)
+        P = self.config.prefix_len
         first = cache is None or cache.length == 0
-        past = 0 if first else cache.length  # positions (prefix included) already in the cache
-        if self.config.gpt_prefix:  # ClipCap: one position table for [prefix ; caption], no start token
-            if first:
-                tokens, lengths = tokens[:, 1:], lengths - 1 if lengths is not None else None  # start: prefix's last
-            position = P if first else past  # of tokens[:, 0]
-        else:
-            position = 0 if first else past - P  # caption position of tokens[:, 0]
-        if position + tokens.size(1) > self.config.max_len:
-            raise ValueError(f"{position + tokens.size(1)} positions are more than max_len={self.config.max_len}")
+        if first and self.config.gpt_prefix:  # ClipCap: the prefix's last position stands for the start token
+            tokens, lengths = tokens[:, 1:], lengths - 1 if lengths is not None else None
+        position, mask = self_attention_layout(self.config, tokens.size(1), 0 if first else cache.length,
+                                               lengths, tokens.device)
         x = self.token_embedding(tokens) + self.positional_embedding[position : position + tokens.size(1)]  # (B, t, C)
         if first and P:
             prefix = self.prefix(clip_embed).to(x.dtype)  # (B, P, C)
             if self.config.gpt_prefix:
                 prefix = prefix + self.positional_embedding[:P]  # the prefix takes the first positions
             x = torch.cat([prefix, x], dim=1)  # (B, L, C)
-        L = x.size(1)
-        if first and self.config.gpt_prefix:
-            mask = causal_mask(L, device=x.device)  # (L, L): GPT-2's mask, the prefix causal too
-        elif first:
-            mask = prefix_lm_mask(P, T, device=x.device)  # (L, L): prefix seen whole, caption causal
-        elif L > 1:
-            mask = causal_mask(L, past + L, device=x.device)  # (T, S): all earlier positions
-        else:
-            mask = None  # one new token may look at every position before it: nothing to mask
-        if lengths is not None:
-            before = past if not first else P  # key positions ahead of this call's tokens
-            keys = padding_mask(before + lengths, before + tokens.size(1))  # (B, 1, 1, S)
-            mask = keys if mask is None else mask & keys  # (B, 1, L, S)
         memory = None
         if self.config.cross_attention and first:
             if patches is None:
@@ -211,9 +225,11 @@ class CaptionDecoder(nn.Module):
             memory = self.patch_proj(patches).to(x.dtype)  # (B, N, C)
         memory_mask = patch_mask[:, None, None, :] if patch_mask is not None else None  # (B, 1, 1, N)
         self_attn, cross_attn = [], []
+        theirs = plugged("decoder_block")  # a student's block (model/hooks.py), in every layer
         for i, block in enumerate(self.blocks):
             layer_cache = cache.layers[i] if cache is not None else None
-            x, self_w, cross_w = block(x, memory, mask, memory_mask, layer_cache, return_attn)
+            args = (x, memory, mask, memory_mask, layer_cache, return_attn)
+            x, self_w, cross_w = block(*args) if theirs is None else theirs(block, *args)
             self_attn.append(self_w)
             cross_attn.append(cross_w)
         if cache is not None:

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
+from model.hooks import plugged
+
 
 def top_k_filter(logits, k):
     """Keep the k largest logits in each row, set the rest to -inf. logits: (B, V) -> (B, V)."""
@@ -74,11 +76,11 @@ def next_token(logits, temperature=0.0, top_k=None, top_p=None, generator=None):
     softmax(filtered logits / temperature). logits: (B, V) -> (B,)."""
     if temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits / temperature
+    logits = logits / temperature  # first the temperature, then the filters (as Hugging Face's generate)
     if top_k is not None:
-        logits = top_k_filter(logits, top_k)
+        logits = (plugged("top_k_filter") or top_k_filter)(logits, top_k)  # a student's, if plugged in (model/hooks.py)
     if top_p is not None:
-        logits = top_p_filter(logits, top_p)
+        logits = (plugged("top_p_filter") or top_p_filter)(logits, top_p)
     probs = logits.softmax(dim=-1)  # (B, V)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
 
@@ -157,7 +159,7 @@ def beam_search(decoder, clip_embed, patches, bos_id, eos_id, beam_size=3, max_n
         candidates = logp[..., None] + step  # (B, K, V)
         new_length = length + (~done).float()  # (B, K)
         score = candidates / new_length[..., None] ** length_penalty  # (B, K, V)
-        beam, token = best_beams(score, K)  # (B, K) each
+        beam, token = (plugged("best_beams") or best_beams)(score, K)  # (B, K) each; a student's if plugged in
         logp = candidates[torch.arange(B, device=device)[:, None], beam, token]  # (B, K)
         length = new_length.gather(1, beam)
         done = done.gather(1, beam) | (token == eos_id)
