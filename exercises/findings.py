@@ -3,7 +3,7 @@ explains it. Each rule compares the student's output with the expected one on th
 
     the axes in another order      equal to the expected output with some axes permuted
     a constant factor              equal to c x expected, and which size of the inputs c is (sqrt(D), 1/S, ...)
-    rows mixed between items       batch row b holds what row b' should
+    rows mixed between items       batch row b holds what row b' should (or every row holds one row's)
     only where the mask hides      the differences lie only where (or in the rows where) a mask is False
     only some batch rows           the other rows are right
     only the last (first) places   along one axis, the differences are a suffix (prefix)
@@ -51,11 +51,12 @@ def sizes_in(args):
 
 
 def factor_name(c, args):
-    for n in sizes_in(args):
-        for value, name in ((math.sqrt(n), f"sqrt({n})"), (n, f"{n}"), (1 / math.sqrt(n), f"1/sqrt({n})"), (1 / n, f"1/{n}")):
-            if math.isclose(c, value, rel_tol=1e-3):
-                return name
-    return None
+    """Which sizes of the inputs c could be (sqrt(16), 1/4, ...), or None."""
+    names = [name for n in sizes_in(args) for value, name in ((math.sqrt(n), f"sqrt({n})"), (1 / math.sqrt(n), f"1/sqrt({n})"),
+                                                              (n, f"{n}"), (1 / n, f"1/{n}"))
+             if math.isclose(c, value, rel_tol=1e-3)]
+    names.sort(key=lambda name: "sqrt" not in name)  # a square root is the likelier story
+    return " or ".join(names) or None
 
 
 def a_mask(args, shape):
@@ -82,9 +83,9 @@ def structural(got, expected, args=(), names="result"):
         if got.numel() == expected.numel():
             return f"{name} has the right number of values but shape {tuple(got.shape)}: a view or reshape to the wrong shape."
         return None
-    if got.is_complex() or not got.is_floating_point() or got.dtype == torch.bool:
+    if got.is_complex() or got.dtype != expected.dtype and got.dtype == torch.bool:
         return None
-    nan = torch.isnan(got) & ~torch.isnan(expected)
+    nan = torch.isnan(got) & ~torch.isnan(expected) if got.is_floating_point() else torch.zeros(())
     if nan.any():
         return (f"{name} has NaN in {int(nan.sum())} of {got.numel()} places where a number belongs: a softmax "
                 "over a row that is all -inf, 0 / 0, or the square root of a negative number?")
@@ -96,7 +97,7 @@ def structural(got, expected, args=(), names="result"):
                 moved = [i for i, j in enumerate(order) if i != j]
                 return (f"{name} is the expected output with axes {', '.join(map(str, moved))} in another order: "
                         "a transpose or permute is missing, extra, or on the wrong axes.")
-    if finite.all() and (e != 0).any():
+    if got.is_floating_point() and finite.all() and (e != 0).any():
         c = float((g * e).sum() / (e * e).sum())
         if not math.isclose(c, 1.0, rel_tol=1e-3) and close(g, c * e):
             which = factor_name(c, args)
@@ -105,11 +106,14 @@ def structural(got, expected, args=(), names="result"):
     B = got.size(0)
     if got.dim() > 1 and B > 1:
         match = [next((j for j in range(B) if close(g[b], e[j])), None) for b in range(B)]
-        if None not in match and match != list(range(B)):
+        if None not in match and len(set(match)) == 1:
+            return (f"{name}: every batch row holds row {match[0]}'s: one row's value (its length, its order) is "
+                    "used for all rows.")
+        if None not in match and sorted(match) == list(range(B)) and match != list(range(B)):
             pairs = ", ".join(f"row {b} holds row {j}'s" for b, j in enumerate(match) if b != j)
             return (f"{name}: {pairs}: rows are mixed between batch items (an index, a sort or a view that "
                     "crossed the batch axis).")
-    wrong = ~torch.isclose(g, e, rtol=1e-4, atol=1e-5, equal_nan=True)
+    wrong = ~torch.isclose(g, e, rtol=1e-4, atol=1e-5, equal_nan=True)  # (the shape of got)
     mask = a_mask(args, got.shape)
     if mask is not None and not mask.all():
         if not (wrong & mask).any():
