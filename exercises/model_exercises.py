@@ -281,7 +281,7 @@ BLOCK = Exercise(
 # ---------------------------------------------------------------------------------------------- 6. prefix
 
 PREFIX = Exercise(
-    "prefix", "the prefix language model's mask",
+    "prefix", "the prefix language model's mask (the prefix seen whole, the caption causal)",
     {"prefix_lm_mask": REFERENCE["prefix_lm_mask"]},
     [
         Case("prefix_lm_mask(P=2, T=3)", "prefix_lm_mask", lambda: (2, 3)),

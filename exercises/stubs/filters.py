@@ -1,8 +1,9 @@
 """Exercise 8: the top-k and top-p (nucleus, Holtzman et al. 2019) filters.
 
 Sampling from the whole vocabulary picks a rare, wrong word now and then. A filter keeps only the likely
-tokens of each row and sets every other logit to -inf (probability 0), before the temperature and the
-softmax. Each row of the batch is one caption: filter each row on its own.
+tokens of each row and sets every other logit to -inf (probability 0). The sampler divides the logits
+by the temperature first, then filters, then takes the softmax (model/sampling.py's next_token, as
+Hugging Face's generate does), so a filter sees logits already divided by the temperature. Each row of the batch is one caption: filter each row on its own.
 
 Check yourself:  python -m exercises check filters
 The project's own answers are in model/sampling.py.

@@ -1,7 +1,9 @@
-"""Exercise 6: the prefix language model's mask (ClipCap, Mokady et al. 2021).
+"""Exercise 6: the prefix language model's mask (a "prefix LM", Raffel et al. 2020, section 3.2.1).
 
-The decoder reads [P prefix tokens made from the image ; T caption tokens]. The prefix is the image:
-every position may see all of it. The caption is predicted left to right: caption position t sees the
+This project's decoder reads [P prefix tokens made from the image (ClipCap's prefix, Mokady et al. 2021) ;
+T caption tokens]. The prefix is the image: every position may see all of it, the prefix's own positions
+included, so the prefix is read both ways. (ClipCap itself runs GPT-2's fully causal mask over the same
+sequence; the project's ClipCap layout, gpt_prefix, does too. Seeing the whole prefix is our choice.) The caption is predicted left to right: caption position t sees the
 prefix and the caption up to itself. The prefix positions see only the prefix.
 
 Check yourself:  python -m exercises check prefix

@@ -199,15 +199,57 @@ function colour(v) {
   return STOPS[i].map((c, k) => Math.round(c + t * (STOPS[i + 1][k] - c)));
 }
 
-function heatCanvas(map) {
-  // map: grid x grid numbers -> a grid x grid canvas, scaled so the largest value is brightest
-  const grid = map.length, peak = Math.max(...map.flat()) || 1;
+function heatCanvas(map, peak) {
+  // map: grid x grid numbers -> a grid x grid canvas, one pixel per patch, on the colour scale 0 .. peak
+  // (shared by every map drawn beside it), drawn later without smoothing: one flat block per patch
+  const grid = map.length;
+  peak = peak || 1;
   const canvas = document.createElement("canvas");
   canvas.width = canvas.height = grid;
   const ctx = canvas.getContext("2d"), pixels = ctx.createImageData(grid, grid);
   map.flat().forEach((v, i) => { pixels.data.set([...colour(v / peak), 255], 4 * i); });
   ctx.putImageData(pixels, 0, 0);
   return canvas;
+}
+
+function shares(map) {
+  // a map as shares of the whole (the encoder's rollout, so it reads on the words' scale)
+  const total = map.flat().reduce((a, b) => a + b, 0) || 1;
+  return map.map((row) => row.map((v) => v / total));
+}
+
+function scalePeak() {
+  // one colour scale for everything the caption shows: the largest share of any word's map (this layer
+  // choice) or of the rollout
+  const r = state.result, maps = r.words.map((_, w) => wordMap(w, $("layer").value)).filter(Boolean);
+  return Math.max(...maps.map((m) => Math.max(...m.flat())), Math.max(...shares(r.rollout).flat())) || 1;
+}
+
+function drawGrid(ctx, [x, y, w, h], grid) {
+  // thin lines between the patches: the model saw grid x grid blocks, not a smooth field
+  ctx.save();
+  ctx.globalAlpha = 0.45;
+  ctx.strokeStyle = "#ffffff";
+  ctx.lineWidth = 1;
+  ctx.beginPath();
+  for (let i = 1; i < grid; i++) {
+    ctx.moveTo(x + (i * w) / grid, y);
+    ctx.lineTo(x + (i * w) / grid, y + h);
+    ctx.moveTo(x, y + (i * h) / grid);
+    ctx.lineTo(x + w, y + (i * h) / grid);
+  }
+  ctx.stroke();
+  ctx.restore();
+}
+
+function showScale(peak, grid) {
+  // the colour bar: 0 at the left, the shared peak at the right, the uniform level 1/N marked
+  const uniform = 1 / (grid * grid), bar = $("scale");
+  bar.hidden = false;
+  $("scale-peak").textContent = `${peak.toFixed(3)} (${(peak / uniform).toFixed(1)}× uniform)`;
+  $("scale-uniform").style.left = `${Math.min(100, (100 * uniform) / peak)}%`;
+  $("scale-uniform").title = `uniform: 1/${grid * grid} = ${uniform.toFixed(3)}, every patch its equal share`;
+  $("scale-uniform-label").textContent = `uniform 1/${grid * grid}`;
 }
 
 function mean(arrays) {
@@ -242,14 +284,17 @@ function draw() {
     map = wordMap(word, $("layer").value);
     showing = `word:${word}:layer:${$("layer").value}`;
   } else if (state.result && $("rollout").checked) {
-    map = state.result.rollout;
+    map = shares(state.result.rollout);
     showing = "rollout";
   }
   if (map) {
+    const peak = scalePeak();
     ctx.globalAlpha = 0.6;
-    ctx.imageSmoothingEnabled = true;
-    ctx.drawImage(heatCanvas(map), ...viewRect(overlay));
+    ctx.imageSmoothingEnabled = false;  // one flat block per patch, never smoothed past the grid
+    ctx.drawImage(heatCanvas(map, peak), ...viewRect(overlay));
     ctx.globalAlpha = 1;
+    drawGrid(ctx, viewRect(overlay), map.length);
+    showScale(peak, map.length);
   }
   overlay.dataset.showing = showing;
   if (state.region) {
@@ -273,13 +318,17 @@ function drawHeads(word) {
   const chosen = $("layer").value, layer = chosen === "mean" ? state.result.attention.length - 1 : Number(chosen);
   $("heads-title").textContent = `Every head of layer ${layer + 1}` + (chosen === "mean" ? " (the last)" : "") +
     ` while writing “${state.result.words[word]}”`;
+  const headsPeak = Math.max(...state.result.attention[layer].map((head) => Math.max(...head[word].flat())));
   state.result.attention[layer].forEach((head, h) => {
     const figure = document.createElement("figure"), canvas = document.createElement("canvas");
     canvas.width = canvas.height = 130;
     const ctx = canvas.getContext("2d"), [x0, y0, x1, y1] = state.result.view_box;
     if (state.bitmap) ctx.drawImage(state.bitmap, x0, y0, x1 - x0, y1 - y0, 0, 0, 130, 130);
     ctx.globalAlpha = 0.65;
-    ctx.drawImage(heatCanvas(head[word]), 0, 0, 130, 130);
+    ctx.imageSmoothingEnabled = false;
+    ctx.drawImage(heatCanvas(head[word], headsPeak), 0, 0, 130, 130);
+    ctx.globalAlpha = 1;
+    drawGrid(ctx, [0, 0, 130, 130], head[word].length);
     const caption = document.createElement("figcaption");
     caption.textContent = `head ${h + 1}`;
     figure.append(canvas, caption);
