@@ -114,8 +114,10 @@ def test_processes_split_the_extraction_and_end_with_one_cache(folder, tmp_path)
     fresh = extract_features(tiny_vit(), preprocess, "tiny", folder, names, tmp_path / "one", num_workers=0)
     for cache in caches:
         assert np.array_equal(np.asarray(cache.status), np.asarray(fresh.status))
-        assert np.array_equal(np.asarray(cache.pooled), np.asarray(fresh.pooled))
-        assert np.array_equal(np.asarray(cache.patches), np.asarray(fresh.patches))
+        # The two processes encode other batch partitions than one process does: on some CPUs (AVX-512) the
+        # matrix kernels then add in another order, so float32 features agree to rounding, not bit for bit.
+        for mine, theirs in ((cache.pooled, fresh.pooled), (cache.patches, fresh.patches)):
+            np.testing.assert_allclose(np.asarray(mine), np.asarray(theirs), rtol=1e-5, atol=1e-5)
     encoded.clear()
     extract_features(vit, preprocess, "tiny", folder, names, tmp_path / "shared", num_workers=0, share=(1, 2))
     assert encoded == []

@@ -119,14 +119,16 @@ def test_bad_regions_are_refused(shapes_model, scenes, region, message, capsys):
 
 def test_region_mask_image(shapes_model, scenes, tmp_path):
     folder, truth = scenes
-    i, scene = next((i, s) for i, s in enumerate(truth) if len(s.objects) == 2)
-    mask = np.zeros((128, 128), dtype=np.uint8)
-    x0, y0, x1, y1 = (v * SCALE for v in scene.objects[0].box)
-    mask[y0 : y1 + 1, x0 : x1 + 1] = 255
-    Image.fromarray(mask).save(tmp_path / "mask.png")
-    caption = generate.main([str(shapes_model), str(folder / f"{i:02d}.png"), "--region-mask",
-                             str(tmp_path / "mask.png")])[0]["captions"][0]
-    assert scene.objects[0].shape in caption
+    named, tried = 0, 0
+    for i, scene in [(i, s) for i, s in enumerate(truth) if len(s.objects) == 2][:4]:
+        mask = np.zeros((128, 128), dtype=np.uint8)
+        x0, y0, x1, y1 = (v * SCALE for v in scene.objects[0].box)
+        mask[y0 : y1 + 1, x0 : x1 + 1] = 255
+        Image.fromarray(mask).save(tmp_path / "mask.png")
+        caption = generate.main([str(shapes_model), str(folder / f"{i:02d}.png"), "--region-mask",
+                                 str(tmp_path / "mask.png")])[0]["captions"][0]
+        named, tried = named + (scene.objects[0].shape in caption), tried + 1
+    assert tried >= 3 and named >= tried - 1, f"{named} of {tried} masked regions named"  # one miss allowed: see test_model_files
     Image.fromarray(np.zeros((128, 128), dtype=np.uint8)).save(tmp_path / "empty.png")
     with pytest.raises(SystemExit, match="no white pixel"):
         generate.main([str(shapes_model), str(folder / "00.png"), "--region-mask", str(tmp_path / "empty.png")])

@@ -161,9 +161,13 @@ def test_api_captions_paths_pil_images_and_batches(shapes_model, scene_png):
     assert captioner.caption(scene_png, temperature=1.0, num=3) == sampled  # seeded: the same call, the same captions
     with pytest.raises(ValueError, match="num > 1 needs sampling"):
         captioner.caption(scene_png, num=2)
-    obj = scene.objects[0]
-    box = tuple(3 * v for v in obj.box)  # scene_png is drawn 3x larger
-    assert f"{obj.colour} {obj.shape}" in captioner.caption(scene_png, region=box)
+    # A region's caption names the object inside it. The model never trained on regions, so one region can
+    # miss on one CPU and not on another (float order changes the trained weights): judged on 12 regions.
+    scenes = [s for s in make_split("test", 40, 32) if len(s.objects) == 2][:6]
+    named = sum(f"{obj.colour} {obj.shape}" in captioner.caption(
+        Image.fromarray(s.image).resize((96, 96), Image.NEAREST), region=tuple(3 * v for v in obj.box))
+        for s in scenes for obj in s.objects)
+    assert named >= 10, f"{named} of 12 region captions name the object in the region"
 
 
 def test_save_pretrained_round_trip(shapes_model, scene_png, tmp_path):
