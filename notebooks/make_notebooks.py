@@ -21,7 +21,9 @@ NOTEBOOKS = {
         ("md", """# 1. From pixels to patch tokens
 
 A Vision Transformer never looks at single pixels. It cuts the image into square patches, flattens
-each patch into a vector and projects it linearly to the model's width. This notebook does that by
+each patch into a vector and projects it linearly to the model's width. The flattening is channel-first:
+a patch's 3 x p x p values in the order (channel, row, column), the order of the convolution's weight
+(C, 3, p, p), so pixel and weight line up. This notebook does that by
 hand, then with the project's `PatchEmbedding`, and checks that both agree."""),
         ("code", SETUP),
         ("md", "A scene from the built-in dataset, 64 x 64 pixels, cut into 8 x 8 patches: an 8 x 8 grid of 64 patches."),
@@ -156,7 +158,9 @@ print("ours == OpenCLIP's encode_image")"""),
 Each layer's attention says how much the class token reads from each patch. Attention rollout
 multiplies the layers' maps (with the residual path mixed in) to follow the flow through all layers.
 A real photo is used when `../shared` is beside the project (the project's own machines); otherwise a
-scene from the built-in dataset. With random weights the maps show no meaning, only the mechanics."""),
+scene from the built-in dataset. With random weights the maps show no meaning, only the mechanics: any
+shape you see in them comes from the pixels themselves (a bright object gives large activations even
+through random projections), not from anything the model learned."""),
         ("code", """from PIL import Image
 from data.images import load_image
 from data.paths import SHARED_DATA
@@ -191,7 +195,7 @@ from model.attention import prefix_lm_mask"""),
         ("code", """config = DecoderConfig(vocab_size=100, max_len=12, width=32, layers=2, heads=4, prefix_len=3,
                        clip_dim=24, patch_dim=20, dropout=0.0)
 decoder = CaptionDecoder(config).eval()
-B, T, N = 2, 6, 9
+B, T, N = 2, 6, 16                              # L = P + T = 9 positions, N = 16 patches: every size differs
 tokens = torch.randint(0, 100, (B, T))          # (B, T) caption ids
 clip_embed = torch.randn(B, config.clip_dim)    # (B, E) pooled CLIP embedding
 patches = torch.randn(B, N, config.patch_dim)   # (B, N, patch_dim) patch tokens
