@@ -57,13 +57,6 @@ def check(name, *functions, quiet=False, **named):
     return report
 
 
-def check_file(name, folder):
-    """The functions of the student's file folder/NAME.py, and the Report of their check."""
-    path = Path(folder) / exercise(name).file
-    functions = load(path)
-    return functions, check_functions(exercise(name), functions, where=path)
-
-
 def check_folder(name, folder=WORKSPACE, quiet=True):
     """Check the student's file folder/NAME.py in a process of its own (exercises/isolate.py) -> Report
     (printed too unless quiet). Nothing the file does (exit, hang, crash, change the checker) stops it."""
