@@ -9,18 +9,17 @@ See exercises/README.md (for students and instructors).
 import shutil
 from pathlib import Path
 
-from exercises.captioner_case import in_the_captioner
 from exercises.checker import STUBS, Report, check as check_functions, load
-from exercises.decoding_exercises import BEAM, CACHE, FILTERS
-from exercises.model_exercises import ATTENTION, BLOCK, HEADS, MASKS, PATCHES, PREFIX
 from exercises.isolate import check_all_isolated, check_isolated
-from exercises.plug import PLUGS, plug_in, use_student_code
 
-EXERCISES = {e.name: e for e in (ATTENTION, MASKS, HEADS, PATCHES, BLOCK, PREFIX, CACHE, FILTERS, BEAM)}
-for _name in PLUGS:  # a pass means the captioner works: the last case runs it with the student's code
-    _case, _mistakes = in_the_captioner(_name)
-    EXERCISES[_name].cases.append(_case)
-    EXERCISES[_name].mistakes.extend(_mistakes)
+PACKED = Path(__file__).resolve().parent / "cases"  # a student pack's stored cases (python -m exercises pack)
+if PACKED.is_dir():  # a pack: no model/, every expected output read from data (exercises/packdata.py)
+    from exercises.packdata import load_exercises
+
+    EXERCISES, PLUGS = load_exercises(PACKED), {}
+else:  # the full project: the references are model/'s own code
+    from exercises.catalogue import EXERCISES
+    from exercises.plug import PLUGS
 WORKSPACE = "my_exercises"  # where a student's copies of the stubs live (git ignores it)
 
 __all__ = ["EXERCISES", "WORKSPACE", "Report", "check", "check_folder", "student_code", "plug_in",
@@ -89,3 +88,18 @@ def student_code(names, folder=WORKSPACE):
             raise SystemExit(f"error: {Path(folder) / exercise(name).file} does not pass its check yet; run `python -m exercises check {name}"
                              f"{'' if str(folder) == WORKSPACE else ' --dir ' + str(folder)}` and fix it first")
     return {name: load(Path(folder) / exercise(name).file) for name in wanted}
+
+
+def use_student_code(functions):
+    """with use_student_code({"attention": {"attention": my_attention}}): ... trains or captions with them
+    (exercises/plug.py)."""
+    from exercises.plug import use_student_code as plugged_in
+
+    return plugged_in(functions)
+
+
+def plug_in(functions):
+    """Plug the student's functions in until the returned function is called (exercises/plug.py)."""
+    from exercises.plug import plug_in as plug
+
+    return plug(functions)

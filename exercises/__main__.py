@@ -4,6 +4,7 @@
     start                copy the stubs into your folder (never overwrites your work)
     check attention      check one exercise; exit code 0 when it passes
     check all            check every exercise and print a table (what an instructor grades with)
+    pack DIR             write a student pack to DIR: stubs, checker and cases, no answers (instructors)
 """
 
 import argparse
@@ -19,9 +20,10 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m exercises", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n".join(__doc__.split("\n\n")[1:]))
-    p.add_argument("command", nargs="?", default="list", choices=["list", "start", "check"],
+    p.add_argument("command", nargs="?", default="list", choices=["list", "start", "check", "pack"],
                    help="what to do (default: list)")
-    p.add_argument("name", nargs="?", default="all", help="the exercise to check, or all (default: all)")
+    p.add_argument("name", nargs="?", default="all",
+                   help="the exercise to check, or all (default: all); for pack, the folder to write")
     p.add_argument("--dir", default=WORKSPACE, help=f"the folder with your exercise files (default: {WORKSPACE})")
     p.add_argument("--json", help="also write the results to this JSON file (for grading)")
     p.add_argument("--time-limit", type=float, default=TIME_LIMIT,
@@ -40,6 +42,14 @@ def table(reports):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.command == "pack":
+        from exercises.pack import write_pack
+
+        if args.name == "all":
+            raise SystemExit("error: say where to write the pack: python -m exercises pack DIR")
+        target = write_pack(args.name)
+        print(f"wrote a student pack to {target.parent}/: stubs, checker and stored cases, no model/ and no answers")
+        return 0
     folder = Path(args.dir)
     if args.command == "start" or not folder.exists():
         copied = start(folder)

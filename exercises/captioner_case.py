@@ -11,33 +11,14 @@ fails here, and the message names the path.
 
 import torch
 
-from exercises.checker import Case, Mistake, difference
+from exercises.checker import Case, Mistake
+from exercises.parts import PATHS, CachedStepFailed, failed_on, only
 from exercises.plug import PLUGS
 from model import DecodingOptions, ViTConfig, build_caption_model
 from model.decoder import DecoderConfig
 from model.hooks import plug
 
 BOS, EOS = 1, 2
-PATHS = {  # path -> what it is, in words
-    "training_loss": "a training step's loss (dropout on, rows of lengths 7, 4 and 5)",
-    "training_gradients": "a training step's gradients",
-    "first_call": "the first decoding call (the prefix and two tokens) with a KV cache",
-    "cached_two": "a cached decoding step of two tokens at once",
-    "cached_one": "a cached decoding step of one token",
-    "self_attention": "the self-attention weights the attention pictures draw",
-    "cross_attention": "the cross-attention weights the attention pictures draw",
-    "greedy": "greedy decoding's captions",
-    "beam": "beam search's captions (3 beams)",
-    "sampled": "sampled captions (temperature 1, top-k 6, top-p 0.9)",
-}
-
-
-class PathFailed(RuntimeError):
-    """The student's code raised an error on one of the captioner's paths (named in the message)."""
-
-
-class CachedStepFailed(PathFailed):
-    """... on a cached decoding step, after a first call that ran."""
 
 
 def small_captioner():
@@ -54,9 +35,7 @@ def captioner_paths(hooks):
     try:
         run_paths(hooks, out)
     except Exception as error:  # noqa: BLE001 - said again with the path it happened on
-        path = next(name for name in PATHS if name not in out)
-        kind = CachedStepFailed if path.startswith("cached") else PathFailed
-        raise kind(f"on {PATHS[path]}: {type(error).__name__}: {error}") from error
+        raise failed_on(next(name for name in PATHS if name not in out), error) from error
     return out
 
 
@@ -99,17 +78,6 @@ def in_the_captioner(exercise):
     # the paths in PATHS' order (captioner_paths fills them so)
     case = Case("the captioner with your code plugged in, on every path it runs", "*", lambda: (), tuple(PATHS.values()), run)
     return case, CAPTIONER_MISTAKES
-
-
-def paths_that_differ(got, expected):
-    if not isinstance(got, tuple) or len(got) != len(expected):
-        return None
-    return {name for name, g, e in zip(PATHS, got, expected) if difference(g, e) is not None}
-
-
-def only(*names):
-    """A test of what came back: exactly these paths differ (and something does)."""
-    return lambda args, got, expected, student: (paths_that_differ(got, expected) or {"-"}) <= set(names)
 
 
 CAPTIONER_MISTAKES = [  # the first that fits is named: the narrower ones first

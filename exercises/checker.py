@@ -29,6 +29,7 @@ class Case:
     args: callable
     returns: object = "result"  # what the result is called in messages; a tuple of names for a tuple
     run: callable = None  # how to call the function: run(function, args) -> result; default function(*args)
+    expected: object = None  # the expected result, when it is stored (a student pack); else the reference's
 
     def call(self, function, args):
         """Call with copies of the arguments, so a function that changes its inputs in place cannot spoil
@@ -46,6 +47,7 @@ class Mistake:
     seen: callable = None  # or a test seen(args, got, expected, student) -> bool of what came back
     raised: type = None  # or an exception type the student's function raised on the case
     function: str = None  # the function it is about (None: any of the exercise's functions)
+    outputs: dict = None  # or the wrong implementation's outputs, stored: case name -> output (a student pack)
 
 
 @dataclass
@@ -136,13 +138,23 @@ def diagnose(exercise, case, args, student, got=None, expected=None, error=None)
             continue
         if mistake.seen is not None and mistake.seen(args, got, expected, student):
             return mistake.diagnosis
-        if mistake.wrong is not None:
+        if mistake.outputs is not None and case.name in mistake.outputs:
+            if not isinstance(mistake.outputs[case.name], str) and difference(got, mistake.outputs[case.name]) is None:
+                return mistake.diagnosis  # (a str: the wrong implementation raised on this case)
+        elif mistake.wrong is not None:
             try:
                 if difference(got, case.call(mistake.wrong, args)) is None:
                     return mistake.diagnosis
             except Exception:  # noqa: BLE001 - a wrong implementation may not apply to this case
                 pass
     return None
+
+
+def expected_output(exercise, case, args):
+    """What the case should give: stored (a student pack), or the project's own functions' result."""
+    if case.expected is not None:
+        return case.expected
+    return case.call(exercise.functions if case.function == "*" else exercise.functions[case.function], args)
 
 
 def check(exercise, functions, where=None):
@@ -158,7 +170,7 @@ def check(exercise, functions, where=None):
         if missing:
             return Report(exercise, number - 1, f"{where} has no function {missing[0]}()", outputs=outputs)
         student = functions if case.function == "*" else functions[case.function]
-        expected = case.call(exercise.functions if case.function == "*" else exercise.functions[case.function], args)
+        expected = expected_output(exercise, case, args)
         called = "your code" if case.function == "*" else f"{case.function}()"
         try:
             got = case.call(student, args)

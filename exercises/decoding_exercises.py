@@ -6,6 +6,8 @@ import torch
 
 from exercises.checker import Case, Exercise, Mistake
 from exercises.model_exercises import REFERENCE, randn
+from exercises.parts import (cache_empty, cache_forgets_prompt, cache_keeps_newest, decode_in_steps, float_beam_index,
+                             probabilities, rows_alone_are_right, zero_not_minus_infinity)
 
 # ---------------------------------------------------------------------------------------------- 7. cache
 
@@ -19,34 +21,9 @@ def reference_cached_attention(q, k, v, past=None):
     return out, (k, v)
 
 
-def decode_in_steps(steps):
-    """A case that calls the function as a decoder does: the prompt (prefix and start token) at once, then
-    the next positions a few at a time, feeding back the cache it returned. -> (every output, last cache)."""
-
-    def run(function, sequence):
-        q, k, v = sequence  # (B, H, L, D) each: every position's query, key and value
-        outs, past, start = [], None, 0
-        for size in steps:
-            end = start + size
-            out, past = function(q[:, :, start:end], k[:, :, start:end], v[:, :, start:end], past)
-            outs.append(out)
-            start = end
-        return torch.cat(outs, dim=2), past  # (B, H, L, D), the cache after the last step
-
-    return run
-
-
 def sequence(L, seed):
     q, k, v = randn(2, 2, L, 16, seed=seed), randn(2, 2, L, 16, seed=seed + 1), randn(2, 2, L, 16, seed=seed + 2)
     return lambda: (q, k, v)
-
-
-def cache_size(got):
-    """Positions in the cache a student's run returned, or None if there is none."""
-    try:
-        return got[1][0].size(2)
-    except (TypeError, AttributeError, IndexError):
-        return None
 
 
 def attends_to_every_key(q, k, v, past=None):
@@ -69,14 +46,13 @@ CACHE = Exercise(
     [
         Mistake("the cache returned is empty: return the keys and values of every position so far, "
                 "(k_all, v_all), so the next step can attend to them.",
-                seen=lambda args, got, expected, student: isinstance(got, tuple) and len(got) == 2
-                and got[1] is None),
+                seen=cache_empty()),
         Mistake("your cache forgets the prompt (the prefix and the start token): after the first call it must "
                 "hold all of the first call's keys and values, not only the newest position's.",
-                seen=lambda args, got, expected, student: cache_size(got) == args[1].size(2) - PROMPT + 1),
+                seen=cache_forgets_prompt(PROMPT)),
         Mistake("your cache keeps only the newest step: concatenate the past keys and values with the new ones "
                 "along the positions axis, torch.cat([past_k, k], dim=2).",
-                seen=lambda args, got, expected, student: cache_size(got) is not None and cache_size(got) < 3),
+                seen=cache_keeps_newest()),
         Mistake("on the first call (several positions at once) each position must see only the positions up "
                 "to itself: use causal_mask(T, S), with the T new queries the last T of the S keys.",
                 wrong=attends_to_every_key),
@@ -93,14 +69,6 @@ def logits_rows(seed, sharpness=(0.5, 1.0, 2.0, 4.0)):
     return logits
 
 
-def rows_alone_are_right(args, got, expected, student):
-    """The student's filter is right on each row alone but not on the batch: rows are mixed."""
-    logits, rest = args[0], args[1:]
-    alone = [student(logits[i : i + 1].clone(), *rest) for i in range(logits.size(0))]
-    reference = [REFERENCE["top_p_filter"](logits[i : i + 1], *rest) for i in range(logits.size(0))]
-    return all(torch.equal(a, r) for a, r in zip(alone, reference))
-
-
 def top_p_without_the_crossing_token(logits, p):
     sorted_logits, order = logits.sort(dim=-1, descending=True)
     keep_sorted = sorted_logits.softmax(-1).cumsum(-1) < p
@@ -111,11 +79,6 @@ def top_p_without_the_crossing_token(logits, p):
 def top_p_in_vocabulary_order(logits, p):
     probs = logits.softmax(-1)
     return logits.masked_fill(probs.cumsum(-1) - probs >= p, float("-inf"))
-
-
-def is_probabilities(args, got, expected, student):
-    return isinstance(got, torch.Tensor) and got.shape == expected.shape and bool(
-        torch.isfinite(got).all() and (got >= 0).all() and torch.allclose(got.sum(-1), torch.ones(got.size(0))))
 
 
 FILTERS = Exercise(
@@ -133,17 +96,16 @@ FILTERS = Exercise(
         Mistake("k can be larger than the vocabulary: use min(k, V) before topk.", function="top_k_filter",
                 raised=RuntimeError),
         Mistake("the filter returns probabilities: return the logits, with the dropped tokens set to -inf "
-                "(the sampler applies the temperature and the softmax afterwards).", seen=is_probabilities),
+                "(the sampler applies the temperature and the softmax afterwards).", seen=probabilities()),
         Mistake("dropped tokens must be set to -inf, not to 0: a logit of 0 still has a probability.",
-                seen=lambda args, got, expected, student: isinstance(got, torch.Tensor)
-                and got.shape == expected.shape and bool(((got == 0) & torch.isinf(expected)).any())),
+                seen=zero_not_minus_infinity()),
         Mistake("your top-k keeps k - 1 tokens: keep every logit at least as large as the k-th largest "
                 "(drop only logits < kth).", function="top_k_filter",
                 wrong=lambda logits, k: logits.masked_fill(logits <= logits.topk(min(k, logits.size(-1)))
                                                            .values[:, -1:], float("-inf"))),
         Mistake("each row alone is filtered right, but not a batch: a row used another row's sorting order. "
                 "Sort, cumsum and scatter along dim=-1 so each row keeps its own order.",
-                function="top_p_filter", seen=rows_alone_are_right),
+                function="top_p_filter", seen=rows_alone_are_right()),
         Mistake("your top-p keeps too few tokens: the token that makes the mass reach p must stay. Keep a "
                 "token while the mass of the tokens ranked above it is still below p (cumsum - probs < p).",
                 function="top_p_filter", wrong=top_p_without_the_crossing_token),
@@ -187,8 +149,7 @@ BEAM = Exercise(
     [
         Mistake("the beam index is a float: `best / V` is true division. Use best // V (integer division on "
                 "integer tensors) and best % V.",
-                seen=lambda args, got, expected, student: isinstance(got, tuple) and isinstance(got[0], torch.Tensor)
-                and got[0].is_floating_point()),
+                seen=float_beam_index()),
         Mistake("you chose within each beam: the K best continuations come from all K x V (beam, token) pairs "
                 "of an image, so one beam may continue twice and another not at all. Flatten to (B, K*V) "
                 "before topk.", wrong=best_per_beam),

@@ -10,6 +10,7 @@ import math
 import torch
 
 from exercises.checker import Case, Exercise, Mistake
+from exercises.parts import not_boolean, two_dimensional
 from model.attention import attention, causal_mask, merge_heads, padding_mask, prefix_lm_mask, split_heads
 from model.decoder import DecoderBlock, DecoderConfig
 from model.sampling import best_beams, top_k_filter, top_p_filter
@@ -105,7 +106,7 @@ MASKS = Exercise(
         Mistake("the mask is not boolean: return True for \"may attend\" and False for \"may not\" (an additive "
                 "mask of 0 and -inf is another convention; this project uses booleans, as "
                 "F.scaled_dot_product_attention does).",
-                seen=lambda args, got, expected, student: isinstance(got, torch.Tensor) and got.dtype != torch.bool),
+                seen=not_boolean()),
         Mistake(UPSIDE_DOWN, function="causal_mask",  # the upper triangle with its diagonal, or without
                 wrong=lambda T, S=None: ~REFERENCE["causal_mask"](T, S) | torch.eye(T, S or T, dtype=torch.bool)),
         Mistake(UPSIDE_DOWN, function="causal_mask", wrong=lambda T, S=None: ~REFERENCE["causal_mask"](T, S)),
@@ -117,7 +118,7 @@ MASKS = Exercise(
                 wrong=lambda T, S=None: torch.ones(T, S or T).tril().bool()),
         Mistake("the padding mask must broadcast over heads and queries: return shape (B, 1, 1, S).",
                 function="padding_mask",
-                seen=lambda args, got, expected, student: isinstance(got, torch.Tensor) and got.dim() == 2),
+                seen=two_dimensional()),
         Mistake("the padding mask is the wrong way round: key s of row b is real (True) when s < lengths[b].",
                 function="padding_mask", wrong=lambda lengths, S: ~REFERENCE["padding_mask"](lengths, S)),
     ],
@@ -290,7 +291,7 @@ PREFIX = Exercise(
     ],
     [
         Mistake("the mask is not boolean: True means \"may attend\".",
-                seen=lambda args, got, expected, student: isinstance(got, torch.Tensor) and got.dtype != torch.bool),
+                seen=not_boolean()),
         Mistake("the prefix is causal: every position, prefix ones included, should see the whole prefix "
                 "(it is the image, not a sentence to predict). Set the first P columns to True.",
                 wrong=lambda P, T: REFERENCE["causal_mask"](P + T)),
