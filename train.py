@@ -297,7 +297,8 @@ def train(config):
     if config.resume:
         try:
             resumed = load_checkpoint(checkpoint_path)
-            saved = dict(resumed["train_config"], resume=True, stop_after=config.stop_after)
+            saved = dict(resumed["train_config"], resume=True, stop_after=config.stop_after,
+                         progress_every=config.progress_every)  # how to show this run, not what it learns
             config = TrainConfig.from_dict(saved, f"{checkpoint_path}, train_config")  # the settings it started with
         except (CheckpointError, ValueError, KeyError) as e:
             raise SystemExit(f"error: {e}" if not isinstance(e, KeyError) else
@@ -365,7 +366,8 @@ def train(config):
 
     model.train()
     order = None  # this epoch's batches, made when an epoch starts (or a resumed run starts inside one)
-    bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=not lead)
+    bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=not lead,
+               mininterval=config.progress_every)
     while step < total_steps:
         epoch, offset = divmod(step, steps_per_epoch)
         if offset == 0 or order is None:
@@ -379,8 +381,8 @@ def train(config):
         if world > 1:
             torch.distributed.all_reduce(loss)  # the shares' losses add up to the global batch's mean
         step += 1
+        bar.set_postfix(loss=f"{loss.item():.3f}", epoch=epoch + 1, refresh=False)  # drawn by update()
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}", epoch=epoch + 1)
         record = {"step": step, "epoch": epoch + 1, "train_loss": round(loss.item(), 5),
                   "lr": optimizer.param_groups[0]["lr"]}
         epoch_end = step % steps_per_epoch == 0

@@ -58,6 +58,7 @@ class TrainConfig:
     patience: int = 0  # stop early after this many validations in a row without a better best_metric; 0 = never
     resume: bool = False  # continue from OUT/checkpoint.pt with the settings it was started with
     stop_after: int = 0  # stop (with a checkpoint) after this many steps; 0 = run to the end
+    progress_every: float = 0.1  # seconds between redraws of the progress bar; 10 keeps a notebook's or a log's output short
     # your own code (exercises/README.md)
     student_code: str = ""  # exercises whose code you wrote to train with, e.g. "attention,block" or "all"
     student_dir: str = "my_exercises"  # the folder with your exercise files (python -m exercises)
