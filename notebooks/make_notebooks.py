@@ -9,12 +9,34 @@ from pathlib import Path
 
 import nbformat
 
-SETUP = """%matplotlib inline
-import os, sys
-sys.path.insert(0, os.path.abspath(".."))  # the notebooks import the project's own code from model/ and data/
+# Where the project is published: the notebooks' setup cell clones it from here when it runs outside a
+# checkout (Colab), and the README's "Open in Colab" badges point here (tests/test_notebooks.py checks both).
+REPOSITORY = "https://github.com/OWNER/captioner"
+BRANCH = "main"
+
+SETUP = f"""%matplotlib inline
+import os, subprocess, sys
+from pathlib import Path
+
+# The project's code: the folder above this notebook in a checkout; anywhere else (Colab) a clone, made once.
+PROJECT = Path("..").resolve()
+if not (PROJECT / "model" / "decoder.py").exists():
+    PROJECT = Path("captioner").resolve()
+    if not PROJECT.exists():
+        source = os.environ.get("CAPTIONER_REPO", "{REPOSITORY}")
+        subprocess.run(["git", "clone", "--quiet", "--depth", "1", source, str(PROJECT)], check=True)
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "-r", str(PROJECT / "requirements.txt")],
+                       check=True)
+sys.path.insert(0, str(PROJECT))  # the notebooks import the project's own code from model/, data/, captioner/
 import torch
 import matplotlib.pyplot as plt
 torch.manual_seed(0)"""
+
+
+def colab_link(notebook):
+    """The address that opens `notebook` (a file name in notebooks/) in Colab, straight from the repository."""
+    return f"https://colab.research.google.com/github/{REPOSITORY.removeprefix('https://github.com/')}/blob/{BRANCH}/notebooks/{notebook}"
+
 
 NOTEBOOKS = {
     "01_patches.ipynb": [
@@ -259,10 +281,11 @@ def show_samples(path, title):
         ax.imshow(scene.image); ax.axis("off")
         ax.set_title(f"{ok}: " + caption.replace(" to the", "\\nto the").replace(" above", "\\nabove"), fontsize=8)
     plt.suptitle(title); plt.show()"""),
-        ("md", "One epoch (250 steps of 32 captions), then stop: the checkpoint keeps everything needed to go on."),
-        ("code", """!{sys.executable} ../train.py --shapes-train 8000 --shapes-val 200 --shapes-test 200 --out runs/notebook --stop-after 250
+        ("md", """One epoch (250 steps of 32 captions), then stop: the checkpoint keeps everything needed to go on.
+`--progress-every 10` redraws the progress bar every 10 seconds, so the notebook keeps a few lines of it."""),
+        ("code", """!{sys.executable} "{PROJECT}/train.py" --progress-every 10 --shapes-train 8000 --shapes-val 200 --shapes-test 200 --out runs/notebook --stop-after 250
 show_samples("runs/notebook/checkpoint.pt", "after one epoch")"""),
-        ("code", """!{sys.executable} ../train.py --out runs/notebook --resume
+        ("code", """!{sys.executable} "{PROJECT}/train.py" --progress-every 10 --out runs/notebook --resume
 show_samples("runs/notebook/model", "after two epochs: the model folder train.py writes at the end")"""),
         ("md", "The loss falls; the validation metrics are logged at the end of every epoch."),
         ("code", """records = [json.loads(line) for line in open("runs/notebook/metrics.jsonl")]
@@ -289,33 +312,38 @@ from model.sampling import top_p_filter
 
 model_folder = Path("runs/notebook/model")
 if not model_folder.exists():
-    !{sys.executable} ../train.py --shapes-train 8000 --out runs/notebook
+    !{sys.executable} "{PROJECT}/train.py" --progress-every 10 --shapes-train 8000 --out runs/notebook
 captioner = Captioner.from_pretrained(model_folder)
 tokenizer = captioner.tokenizer"""),
-        ("md", "## One image, five ways to decode\n\nEach keyword is a field of `model.sampling.DecodingOptions`, as each flag of `generate.py` is."),
+        ("md", """## One image, five ways to decode
+
+Each keyword is a field of `model.sampling.DecodingOptions`, as each flag of `generate.py` is. The three
+sampled captions share a temperature of 2 and a seed, so they differ only by their filter: the logits are
+divided by the temperature first, then top-k or top-p cuts the flattened tail before sampling."""),
         ("code", """scene = make_split("test", 32, 32)[31]
 image = Image.fromarray(scene.image).resize((128, 128), Image.NEAREST)
 ways = {
     "greedy": {},
     "beam 3": dict(beam=3),
-    "temperature 3": dict(temperature=3.0),
-    "top-k 3, T 3": dict(temperature=3.0, top_k=3),
-    "top-p 0.9, T 3": dict(temperature=3.0, top_p=0.9),
+    "temperature 2": dict(temperature=2.0, seed=0),
+    "top-k 3, T 2": dict(temperature=2.0, top_k=3, seed=0),
+    "top-p 0.5, T 2": dict(temperature=2.0, top_p=0.5, seed=0),
 }
 plt.imshow(scene.image); plt.axis("off"); plt.title("references: " + " | ".join(scene.captions), fontsize=8); plt.show()
 for name, options in ways.items():
     print(f"{name:18} {captioner.caption(image, **options)}")"""),
-        ("md", "Top-p keeps, in each row, the smallest set of tokens whose probability reaches p. Here, for the word after \"a\":"),
+        ("md", """Top-p keeps, in each row, the smallest set of tokens whose probability reaches p. Here, for the word
+after "a", at the same temperature 2 (grey bars are cut; with temperature alone any of them can be drawn):"""),
         ("code", """pixels = captioner.transform(image)[None]                      # (1, 3, S, S): the model's view
 tokens = torch.tensor([[tokenizer.bos_id, tokenizer.stoi["a"]]])
 with torch.no_grad():
-    logits = captioner.model(tokens, images=pixels).logits[0, -1:]  # (1, V): the next word's scores
+    logits = captioner.model(tokens, images=pixels).logits[0, -1:] / 2.0  # (1, V): the next word's scores at T 2
 probs = logits.softmax(-1)[0]
-kept = top_p_filter(logits, 0.9)[0] > float("-inf")
+kept = top_p_filter(logits, 0.5)[0] > float("-inf")
 order = probs.argsort(descending=True)[:8]
 plt.figure(figsize=(7, 2.5))
 plt.bar([tokenizer.itos[i] for i in order], probs[order], color=["C2" if kept[i] else "C7" for i in order])
-plt.title("next-word probabilities after 'a': green = kept by top-p 0.9"); plt.show()"""),
+plt.title("next-word probabilities after 'a' at temperature 2: green = kept by top-p 0.5"); plt.show()"""),
         ("md", "## Where the decoder looked, word by word\n\nThe same picture `python generate.py MODEL scene.png --attention DIR` writes:"),
         ("code", """result = captioner.caption(image, attention=True)
 print(result.words)
@@ -405,7 +433,7 @@ def attention(q, k, v, mask=None):
 `--student-code attention` puts your function into every attention layer of the ViT and the decoder.
 A short run here (20 steps: far too short to caption well, long enough to see the loss fall);
 the full `python train.py --student-code attention` reaches the same 99% as the normal run."""),
-        ("code", """!{sys.executable} ../train.py --student-code attention --student-dir my_exercises --shapes-train 640 --epochs 1 --shapes-val 20 --shapes-test 20 --val-images 20 --out runs/mine"""),
+        ("code", """!{sys.executable} "{PROJECT}/train.py" --progress-every 10 --student-code attention --student-dir my_exercises --shapes-train 640 --epochs 1 --shapes-val 20 --shapes-test 20 --val-images 20 --out runs/mine"""),
         ("md", """## Your attention draws the pictures
 
 The model notebook 5 trained (trained here if it is missing), captioning with your function in place of
@@ -413,7 +441,7 @@ ours: the same caption, and every map in these pictures came out of your `attent
         ("code", """from pathlib import Path
 
 if not Path("runs/notebook/model").exists():
-    !{sys.executable} ../train.py --shapes-train 8000 --out runs/notebook
+    !{sys.executable} "{PROJECT}/train.py" --progress-every 10 --shapes-train 8000 --out runs/notebook
 captioner = Captioner.from_pretrained("runs/notebook/model")
 image = Image.fromarray(make_split("test", 32, 32)[5].image).resize((128, 128), Image.NEAREST)
 with use_student_code(student_code("attention", "my_exercises")):
@@ -421,6 +449,25 @@ with use_student_code(student_code("attention", "my_exercises")):
 print("with your attention:", yours.text, "| with ours:", captioner.caption(image))
 attention_figure(yours)"""),
     ],
+}
+
+
+# Numbers the notebooks' text states that no cell computes, each with the file that states it (checked by
+# tests/test_notebooks.py: every other number in the text must appear in a cell or its output).
+QUOTED = {  # numbers the text states that no cell computes: notebook -> {number: (file, words it says them in)}
+    "05_training.ipynb": {
+        "20000": ("captioner/train_config.py", "shapes_train: int = 20000"),
+        "99": ("tests/test_train.py", 'assert final["test_exact"] >= 0.99'),
+    },
+    "06_decoding_and_attention.ipynb": {
+        "96": ("tests/test_generate.py", "(96 captions)"),
+        "65": ("tests/test_generate.py", "assert hits / (2 * len(pairs)) >= 0.65"),
+        "77": ("tests/test_generate.py", "over 240 boxes 77%"),
+        "240": ("tests/test_generate.py", "over 240 boxes 77%"),
+    },
+    "07_write_your_own_attention.ipynb": {
+        "99": ("tests/test_train.py", 'assert final["test_exact"] >= 0.99'),
+    },
 }
 
 
