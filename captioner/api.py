@@ -10,6 +10,7 @@ notebooks and the web page all caption through `Captioner`.
     Captioner.from_pretrained("vit-gpt2-image-captioning/")           # a Hugging Face ViT + GPT-2 folder
 """
 
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -203,13 +204,15 @@ class Captioner:
         return [self.tokenizer.decode(row.tolist()).strip() for row in ids]  # GPT-2 pieces carry their leading space
 
     @torch.no_grad()
-    def caption(self, images, *, region=None, region_mask=None, attention=False, batch_size=32, **options):
+    def caption(self, images, *, region=None, region_mask=None, attention=False, batch_size=32, max_time=None,
+                **options):
         """Caption PIL images or image files (one, or a list).
 
         options: the fields of model.sampling.DecodingOptions (beam, temperature, top_k, top_p, num, ...).
         region: (x0, y0, x1, y1) or "x0,y0,x1,y1" in each image's pixels, or region_mask: an image (or
         its path), white inside the region: caption only what the region holds.
         attention: return a Caption (texts, words, per-word attention, rollout) instead of strings.
+        max_time: seconds the decoding may take (all images together); past it, model.sampling.DecodingTimeout.
 
         Returns, per image, a string (a list of num strings when num > 1, a Caption with attention);
         one such result for one image, a list for a list.
@@ -224,6 +227,7 @@ class Captioner:
             mask = (region_mask, "the region mask") if isinstance(region_mask, Image.Image) else (
                 load_image(region_mask), str(region_mask))
         generator = torch.Generator(device=self.device).manual_seed(options.seed)
+        deadline = time.monotonic() + max_time if max_time is not None else None
         results = []
         with evaluating(self.model):
             for start in range(0, len(items), batch_size):
@@ -231,17 +235,18 @@ class Captioner:
                 pictures = [to_rgb(x) if isinstance(x, Image.Image) else load_image(x) for x in chunk]
                 names = [(getattr(x, "filename", "") or "the image") if isinstance(x, Image.Image) else Path(x).name
                          for x in chunk]
-                results += self.caption_pictures(pictures, names, options, region, mask, attention, generator)
+                results += self.caption_pictures(pictures, names, options, region, mask, attention, generator, deadline)
         return results[0] if single else results
 
-    def caption_pictures(self, pictures, names, options, region, mask, attention, generator):
+    def caption_pictures(self, pictures, names, options, region, mask, attention, generator, deadline=None):
         """Caption a batch of RGB PIL images (names: for messages); see caption()."""
         pixels = torch.stack([self.transform(p) for p in pictures]).to(self.device)  # (B, 3, S, S)
         patch_mask = prefix_images = None
         if region is not None or mask is not None:
             patch_mask, prefix_images = self.region_inputs(pictures, names, region, mask)
         runs = self.model.generate(self.tokenizer.bos_id, self.tokenizer.eos_id, images=pixels, options=options,
-                                   patch_mask=patch_mask, prefix_images=prefix_images, generator=generator)
+                                   patch_mask=patch_mask, prefix_images=prefix_images, generator=generator,
+                                   deadline=deadline)
         texts = [list(per_image) for per_image in zip(*map(self.texts, runs))]  # per image, one text per run
         if attention:
             return [self.details(pixels[b], runs[0][b], texts[b], patch_mask, prefix_images, b)

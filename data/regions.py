@@ -2,6 +2,8 @@
 that it covers. Region captions (Alpha-CLIP's idea, with attention masks) let cross-attention look only
 at those patches, and make the prefix from the region's crop."""
 
+import math
+
 import numpy as np
 import torch
 
@@ -17,7 +19,7 @@ def parse_box(text):
     try:
         x0, y0, x1, y1 = (float(v) for v in text.split(","))
     except ValueError:
-        raise RegionError(f"region {text!r}: expected four numbers x0,y0,x1,y1") from None
+        raise RegionError(f"region {text[:80]!r}: expected four numbers x0,y0,x1,y1") from None
     return x0, y0, x1, y1
 
 
@@ -25,6 +27,8 @@ def fit_box(box, width, height, name):
     """The box (x0, y0, x1, y1) clipped to a width x height image; refused if empty or outside it."""
     x0, y0, x1, y1 = (float(v) for v in box)
     shown = ",".join(f"{v:g}" for v in (x0, y0, x1, y1))
+    if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
+        raise RegionError(f"region {shown}: every coordinate must be a finite number")
     if x1 <= x0 or y1 <= y0:
         raise RegionError(f"region {shown}: empty box (x1 must exceed x0 and y1 exceed y0)")
     if x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height:

@@ -121,15 +121,16 @@ class CaptionModel(nn.Module):
 
     @torch.no_grad()
     def generate(self, bos_id, eos_id, images=None, features=None, options=DecodingOptions(), patch_mask=None,
-                 prefix_images=None, generator=None):
+                 prefix_images=None, generator=None, deadline=None):
         """From pixels (or features) to caption token ids in one call, decoded as `options` say.
 
         patch_mask: (B, N) patches cross-attention may look at; prefix_images: (B, 3, H, W) whose CLIP
-        embedding makes the prefix instead (a region's crop). -> a list of options.num (B, T_new) tensors.
+        embedding makes the prefix instead (a region's crop). deadline: see model.sampling.decode.
+        -> a list of options.num (B, T_new) tensors.
         """
         clip_embed, patches = self.conditioning(images, features, prefix_images)
         return decode(self.decoder, clip_embed, patches, bos_id, eos_id, options, self.memory_mask(patch_mask),
-                      generator)
+                      generator, deadline)
 
     @torch.no_grad()
     def cross_attention(self, tokens, images=None, features=None, patch_mask=None, prefix_images=None):

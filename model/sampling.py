@@ -6,6 +6,8 @@ a decoding setting is defined: generate.py's flags, the Python API's keywords an
 controls are all built from its fields, and `decode` is the one place that picks the method.
 """
 
+import math
+import time
 from dataclasses import dataclass
 
 import torch
@@ -29,7 +31,8 @@ def top_p_filter(logits, p):
     sorted_logits, order = logits.sort(dim=-1, descending=True)  # (B, V) each
     probs = sorted_logits.softmax(dim=-1)  # (B, V)
     mass_before = probs.cumsum(dim=-1) - probs  # (B, V), mass of the tokens ranked strictly above
-    keep_sorted = mass_before < p  # (B, V); the top token is always kept
+    keep_sorted = mass_before < p  # (B, V)
+    keep_sorted[:, 0] = True  # the top token is always kept (also when p is below float32's smallest number)
     keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)  # back to vocabulary order, per row
     return logits.masked_fill(~keep, float("-inf"))
 
@@ -71,6 +74,16 @@ def repetition_filters(logits, tokens, repetition_penalty=1.0, no_repeat_ngram_s
     return no_repeat_ngram_filter(logits, tokens, no_repeat_ngram_size)
 
 
+class DecodingTimeout(TimeoutError):
+    """Decoding passed its deadline (a server's time limit per request); the message says how long it ran."""
+
+
+def check_deadline(deadline, started):
+    """Raise DecodingTimeout when time.monotonic() has passed `deadline` (None: no limit)."""
+    if deadline is not None and time.monotonic() > deadline:
+        raise DecodingTimeout(f"decoding stopped after {time.monotonic() - started:.1f} s, past its time limit")
+
+
 def next_token(logits, temperature=0.0, top_k=None, top_p=None, generator=None):
     """Pick one token per row. temperature 0 is greedy (argmax); otherwise sample from
     softmax(filtered logits / temperature). logits: (B, V) -> (B,)."""
@@ -88,21 +101,23 @@ def next_token(logits, temperature=0.0, top_k=None, top_p=None, generator=None):
 @torch.no_grad()
 def sample(decoder, clip_embed, patches, bos_id, eos_id, max_new_tokens=None, temperature=0.0,
            top_k=None, top_p=None, generator=None, patch_mask=None, use_cache=True,
-           repetition_penalty=1.0, no_repeat_ngram_size=0):
+           repetition_penalty=1.0, no_repeat_ngram_size=0, deadline=None):
     """Caption a batch token by token. Each row stops at its end token (later positions are filled
     with eos_id); the loop ends when every row has stopped or after max_new_tokens.
 
     clip_embed: (B, E), patches: (B, N, patch_dim) or None, patch_mask: (B, N) or None
     -> tokens (B, T_new), without the start token.
     use_cache=False recomputes the whole sequence every step (slow; kept to test the cache against).
+    deadline: a time.monotonic() value; past it, the next step raises DecodingTimeout.
     """
-    B, device = clip_embed.size(0), clip_embed.device
+    B, device, started = clip_embed.size(0), clip_embed.device, time.monotonic()
     longest = decoder.config.max_caption - 1  # new tokens after the start token
     max_new_tokens = min(max_new_tokens or longest, longest)
     tokens = torch.full((B, 1), bos_id, dtype=torch.long, device=device)  # (B, 1)
     done = torch.zeros(B, dtype=torch.bool, device=device)
     cache = decoder.new_cache(1 + max_new_tokens) if use_cache else None  # start token + new ones
     for _ in range(max_new_tokens):
+        check_deadline(deadline, started)
         inputs = tokens[:, -1:] if use_cache and cache.length > 0 else tokens  # (B, 1) or (B, t)
         logits = decoder(inputs, clip_embed, patches, patch_mask=patch_mask, cache=cache).logits[:, -1]  # (B, V)
         logits = repetition_filters(logits, tokens, repetition_penalty, no_repeat_ngram_size)
@@ -128,13 +143,14 @@ def best_beams(scores, K):
 
 @torch.no_grad()
 def beam_search(decoder, clip_embed, patches, bos_id, eos_id, beam_size=3, max_new_tokens=None,
-                length_penalty=1.0, patch_mask=None, repetition_penalty=1.0, no_repeat_ngram_size=0):
+                length_penalty=1.0, patch_mask=None, repetition_penalty=1.0, no_repeat_ngram_size=0,
+                deadline=None):
     """Keep the beam_size best partial captions per image, ranked by log-probability / length ** length_penalty.
 
     clip_embed: (B, E), patches: (B, N, patch_dim) or None, patch_mask: (B, N) or None
-    -> (tokens (B, T_new), scores (B,)).
+    -> (tokens (B, T_new), scores (B,)). deadline: as in sample().
     """
-    B, K, device = clip_embed.size(0), beam_size, clip_embed.device
+    B, K, device, started = clip_embed.size(0), beam_size, clip_embed.device, time.monotonic()
     longest = decoder.config.max_caption - 1  # new tokens after the start token
     max_new_tokens = min(max_new_tokens or longest, longest)
     rows = torch.arange(B, device=device).repeat_interleave(K)  # (B*K,), the image of each beam
@@ -151,6 +167,7 @@ def beam_search(decoder, clip_embed, patches, bos_id, eos_id, beam_size=3, max_n
     only_eos = torch.full((V,), float("-inf"), device=device)  # a finished beam's next-token log-probabilities
     only_eos[eos_id] = 0.0
     for _ in range(max_new_tokens):
+        check_deadline(deadline, started)
         inputs = tokens[:, -1:] if cache.length else tokens  # (B*K, 1) after the first step
         logits = decoder(inputs, clip_embed, patches, patch_mask=patch_mask, cache=cache).logits
         logits = repetition_filters(logits[:, -1].float(), tokens, repetition_penalty, no_repeat_ngram_size)
@@ -174,6 +191,10 @@ def beam_search(decoder, clip_embed, patches, bos_id, eos_id, beam_size=3, max_n
     return tokens[chosen, 1:], final.gather(1, best[:, None]).squeeze(1)
 
 
+MIN_TEMPERATURE = 1e-3  # sampling this cold is already greedy in effect; much colder overflows float32
+PENALTY_RANGE = (1e-3, 1e3)  # repetition penalties outside it overflow float32 logits (and decide nothing more)
+
+
 @dataclass
 class DecodingOptions:
     """How to turn the decoder's next-token distributions into captions."""
@@ -190,11 +211,19 @@ class DecodingOptions:
     no_repeat_ngram_size: int = 0  # n above 0: no sequence of n words appears twice in a caption (0: off)
 
     def __post_init__(self):
-        """Refuse settings that contradict each other or would silently do nothing, in one sentence."""
+        """Refuse settings that are not numbers, contradict each other or would silently do nothing, in one
+        sentence. Whatever passes decodes without error (no NaN, no overflow, a seed torch accepts)."""
+        for name in ("length_penalty", "temperature", "top_p", "repetition_penalty"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, not {value}")
         sampling = self.temperature > 0
         problems = [
             (self.beam < 1, f"beam must be at least 1, not {self.beam}"),
             (self.temperature < 0, f"temperature must be 0 (greedy) or above, not {self.temperature}"),
+            (0 < self.temperature < MIN_TEMPERATURE,  # logits / 1e-300 overflow to inf, and softmax gives NaN
+             f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE}, not {self.temperature}"),
+            (not 0 <= self.seed < 2**63, f"seed must be a whole number from 0 to 2**63 - 1, not {self.seed}"),
             (self.beam > 1 and sampling, "choose either beam search (beam > 1) or sampling (temperature > 0), not both"),
             (self.num < 1, f"num must be at least 1, not {self.num}"),
             (self.num > 1 and not sampling, "num > 1 needs sampling: set a temperature above 0 (e.g. 0.8)"),
@@ -203,7 +232,8 @@ class DecodingOptions:
             ((self.top_k is not None or self.top_p is not None) and not sampling,
              "top_k and top_p filter what is sampled: set a temperature above 0 (e.g. 0.8)"),
             (self.max_len is not None and self.max_len < 1, f"max_len must be at least 1, not {self.max_len}"),
-            (self.repetition_penalty <= 0, f"repetition_penalty must be above 0, not {self.repetition_penalty}"),
+            (not PENALTY_RANGE[0] <= self.repetition_penalty <= PENALTY_RANGE[1],
+             f"repetition_penalty must be from {PENALTY_RANGE[0]} to {PENALTY_RANGE[1]} (1: off), not {self.repetition_penalty}"),
             (self.no_repeat_ngram_size < 0, f"no_repeat_ngram_size must be 0 (off) or more, not {self.no_repeat_ngram_size}"),
         ]
         for wrong, message in problems:
@@ -212,15 +242,16 @@ class DecodingOptions:
 
 
 def decode(decoder, clip_embed, patches, bos_id, eos_id, options=DecodingOptions(), patch_mask=None,
-           generator=None):
+           generator=None, deadline=None):
     """Caption a batch as `options` say: options.num runs of sampling, or one of greedy or beam search.
 
     clip_embed: (B, E), patches: (B, N, patch_dim) or None, patch_mask: (B, N) or None
     -> a list of options.num tensors (B, T_new) of token ids, without the start token.
     generator: for sampling; by default a new one seeded with options.seed.
+    deadline: a time.monotonic() value; decoding past it raises DecodingTimeout.
     """
     common = dict(bos_id=bos_id, eos_id=eos_id, max_new_tokens=options.max_len, patch_mask=patch_mask,
-                  repetition_penalty=options.repetition_penalty, no_repeat_ngram_size=options.no_repeat_ngram_size)
+                  deadline=deadline, repetition_penalty=options.repetition_penalty, no_repeat_ngram_size=options.no_repeat_ngram_size)
     if options.beam > 1:
         tokens, _ = beam_search(decoder, clip_embed, patches, beam_size=options.beam,
                                 length_penalty=options.length_penalty, **common)

@@ -1,11 +1,14 @@
 """Sampling filters are exact and per row; cache, top-k 1 and beam 1 all reduce to greedy."""
 
+import time
+
 import pytest
 import torch
 from torch.testing import assert_close
 
 from model.decoder import CaptionDecoder, DecoderConfig
-from model.sampling import beam_search, next_token, sample, top_k_filter, top_p_filter
+from model.sampling import (MIN_TEMPERATURE, PENALTY_RANGE, DecodingOptions, DecodingTimeout, beam_search, decode, next_token, sample,
+                            top_k_filter, top_p_filter)
 
 V, BOS, EOS = 30, 1, 2
 
@@ -142,3 +145,42 @@ def test_a_beam_as_wide_as_the_search_space_finds_the_best_sequence():
         every = torch.cartesian_prod(*[torch.arange(4)] * 3)  # (64, 3)
         best = max(sequence_score(decoder, clip_embed[b], patches[b], seq, 1.0).item() for seq in every)
         assert_close(scores[b].item(), best, rtol=1e-5, atol=1e-5)
+
+
+HOSTILE_OPTIONS = [  # each crashed decoding (NaN probabilities, float overflow, a seed torch refuses) or did nothing
+    (dict(temperature=float("nan")), "temperature must be a finite number"),
+    (dict(temperature=float("inf")), "temperature must be a finite number"),
+    (dict(temperature=1e-300), "temperature must be 0 (greedy) or at least 0.001"),
+    (dict(seed=10**30), "seed must be a whole number from 0 to 2**63 - 1"),
+    (dict(seed=-1), "seed must be a whole number"),
+    (dict(temperature=1.0, top_p=float("nan")), "top_p must be a finite number"),
+    (dict(beam=2, length_penalty=float("nan")), "length_penalty must be a finite number"),
+    (dict(repetition_penalty=float("nan")), "repetition_penalty must be a finite number"),
+    (dict(repetition_penalty=float("inf")), "repetition_penalty must be a finite number"),
+    (dict(repetition_penalty=1e-9), "repetition_penalty must be from 0.001 to 1000.0"),
+    (dict(repetition_penalty=1e9), "repetition_penalty must be from 0.001 to 1000.0"),
+]
+
+
+@pytest.mark.parametrize("values, message", HOSTILE_OPTIONS, ids=[str(v) for v, _ in HOSTILE_OPTIONS])
+def test_options_that_cannot_decode_are_refused_in_one_sentence(values, message):
+    with pytest.raises(ValueError, match=message.replace("*", r"\*").replace("(", r"\(").replace(")", r"\)")):
+        DecodingOptions(**values)
+
+
+def test_the_extremes_that_pass_decode_without_error():
+    decoder, (clip_embed, patches) = tiny_decoder(), image_inputs(3)
+    for values in [dict(temperature=MIN_TEMPERATURE, seed=2**63 - 1), dict(temperature=1e6, top_p=1e-300, top_k=10**9),
+                   dict(temperature=1, repetition_penalty=PENALTY_RANGE[0]), dict(temperature=1, repetition_penalty=PENALTY_RANGE[1]),
+                   dict(beam=3, length_penalty=-1e9, repetition_penalty=PENALTY_RANGE[0], max_len=10**9, no_repeat_ngram_size=99)]:
+        runs = decode(decoder, clip_embed, patches, BOS, EOS, DecodingOptions(**values))
+        assert runs[0].shape[0] == 3 and (runs[0] >= 0).all() and (runs[0] < V).all(), values
+
+
+def test_decoding_past_its_deadline_stops_with_a_timeout():
+    decoder, (clip_embed, patches) = tiny_decoder(), image_inputs(2)
+    for options in [DecodingOptions(), DecodingOptions(beam=3)]:
+        with pytest.raises(DecodingTimeout, match="past its time limit"):
+            decode(decoder, clip_embed, patches, BOS, EOS, options, deadline=time.monotonic() - 1)
+        runs = decode(decoder, clip_embed, patches, BOS, EOS, options, deadline=time.monotonic() + 60)
+        assert runs[0].shape[0] == 2
