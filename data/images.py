@@ -32,10 +32,15 @@ def to_rgb(image):
     return image.convert("RGB")
 
 
-def load_image(path, max_pixels=MAX_PIXELS, name=None):
+def load_image(path, max_pixels=MAX_PIXELS, name=None, seen_at=None):
     """Read `path` (a file name, or a binary file object such as an upload in memory) as an RGB PIL image
     with its EXIF orientation applied.
 
+    seen_at: the side in pixels of the model's square input. A picture much larger is then decoded at a
+    reduced scale where the format allows (JPEG's draft) and reduced by a whole factor as soon as it is
+    decoded, keeping its shorter side at least REDUCING_GAP * seen_at (resizing from there is, in PIL's words,
+    indistinguishable from fair resampling); the full-size picture is held only while it decodes. The
+    image's `original_size` attribute then gives its size before reduction, which its regions refer to.
     Raises ImageError with the file's name (or `name`) and the reason.
     """
     name = name or path
@@ -48,8 +53,13 @@ def load_image(path, max_pixels=MAX_PIXELS, name=None):
                     raise ImageTooLarge(f"{name}: {w}x{h} pixels is more than the {max_pixels:,} this loader accepts")
                 if w == 0 or h == 0:
                     raise ImageError(f"{name}: the image is empty ({w}x{h})")
-                image = ImageOps.exif_transpose(image)
-                return to_rgb(image)
+                if seen_at is None:
+                    return to_rgb(ImageOps.exif_transpose(image))
+                turn = ORIENTATION.get(image.getexif().get(EXIF_ORIENTATION))
+                picture = to_rgb(reduced(image, REDUCING_GAP * seen_at))
+                picture = picture.transpose(turn) if turn is not None else picture
+                picture.original_size = (h, w) if turn in SWAPS_SIDES else (w, h)
+                return picture
     except ImageError:
         raise
     except FileNotFoundError:
@@ -62,6 +72,30 @@ def load_image(path, max_pixels=MAX_PIXELS, name=None):
         raise ImageTooLarge(f"{name}: too large to decode safely ({e})") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"{name}: damaged or truncated image ({e})") from None
+
+
+REDUCING_GAP = 3  # see load_image's seen_at
+EXIF_ORIENTATION = 0x0112
+ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+               5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+               8: Image.Transpose.ROTATE_90}  # EXIF's orientation tag -> the turn that shows the photo upright
+SWAPS_SIDES = {Image.Transpose.TRANSPOSE, Image.Transpose.ROTATE_270, Image.Transpose.TRANSVERSE,
+               Image.Transpose.ROTATE_90}
+
+
+def reduced(image, shortest):
+    """An opened image decoded no larger than needed for its shorter side to stay at least `shortest`."""
+    factor = min(image.size) // shortest
+    if factor < 2:
+        return image
+    image.draft("RGB", (image.width // factor, image.height // factor))  # JPEG decodes at 1/2, 1/4 or 1/8
+    factor = min(image.size) // shortest
+    if factor < 2:
+        return image
+    if image.mode not in ("L", "LA", "RGB", "RGBA", "I", "F"):  # what reduce() takes; others convert first
+        wider = {"P": "RGBA", "PA": "RGBA", "1": "L", "I;16": "I", "I;16B": "I", "I;16L": "I"}
+        image = image.convert(wider.get(image.mode, "RGB"))
+    return image.reduce(factor)
 
 
 def load_images(paths):
@@ -119,13 +153,17 @@ def image_transform(spec):
                                      interpolation=spec["interpolation"])
 
 
+def input_side(spec):
+    """The side in pixels of the square input the preprocessing `spec` gives the model."""
+    return spec["image_size"] if spec["kind"] == "squash" else spec["size"][0]
+
+
 def view_geometry(spec, width, height):
     """How the transform maps the original image onto the model's S x S input:
     returns (S, scale_x, scale_y, offset_x, offset_y) with input = original * scale - offset."""
+    S = input_side(spec)
     if spec["kind"] == "squash":
-        S = spec["image_size"]
         return S, S / width, S / height, 0.0, 0.0
-    S = spec["size"][0]
     scale = S / min(width, height)  # "shortest": the shorter side becomes S, then a centre crop
     return S, scale, scale, (width * scale - S) / 2, (height * scale - S) / 2
 

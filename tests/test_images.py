@@ -88,3 +88,24 @@ def test_missing_file_and_folder(tmp_path):
         load_image(tmp_path / "nope.jpg")
     with pytest.raises(ImageError, match=r"is a folder"):
         load_image(tmp_path)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("kind, mode", [("jpg", "RGB"), ("png", "RGB"), ("png", "P"), ("png", "I;16")])
+def test_reduced_decoding_shows_the_same_picture(tmp_path, orientation, kind, mode):
+    """load_image(seen_at=S) (the server's bounded decode) gives the full decode's picture, turned the same way
+    by EXIF, at a smaller size no shorter than 3 S, with original_size the full picture's upright size."""
+    rng = np.random.default_rng(orientation)
+    blocks = rng.integers(0, 256, (6, 9, 3), dtype=np.uint8).repeat(120, 0).repeat(120, 1)  # 720 x 1080, coarse
+    image = Image.fromarray(blocks)
+    image = {"RGB": image, "P": image.quantize(64), "I;16": image.convert("L")}[mode]
+    if mode == "I;16":
+        image = Image.fromarray(np.asarray(image).astype(np.uint16) * 257)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = save(image, tmp_path / f"photo.{kind}", exif=exif, **({"quality": 95} if kind == "jpg" else {}))
+    full = load_image(path)
+    small = load_image(path, seen_at=64)
+    assert small.original_size == full.size and min(small.size) >= 3 * 64 and min(small.size) < min(full.size)
+    same_size = np.asarray(full.resize((90, 60) if full.width > full.height else (60, 90), Image.BOX), dtype=float)
+    assert np.abs(np.asarray(small.resize(same_size.shape[1::-1], Image.BOX), dtype=float) - same_size).mean() < 3
