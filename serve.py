@@ -3,9 +3,13 @@
     python serve.py runs/shapes/model                 # then open http://127.0.0.1:8000
     python serve.py runs/shapes/model --port 8080 --max-mb 10
     python serve.py MODEL --host 0.0.0.0              # reachable from other machines: only on a network you trust
+    python serve.py MODEL --max-num 20 --seconds 60   # let one request ask for more
 
 Works offline and on a CPU. MODEL is a model folder (config.json + model.safetensors) or a checkpoint.pt.
-The API the page uses is documented at /docs.
+The API the page uses is documented at /docs. Every request is held to the limits below (a 400 names the
+one it passed); small requests never wait behind a large one (server/limits.py). On 127.0.0.1 the server
+answers only to the names of this machine (--allow-host adds one, e.g. behind a proxy), and never to a POST
+from another site's page.
 """
 
 import argparse
@@ -13,7 +17,9 @@ import sys
 from pathlib import Path
 
 from captioner.api import Captioner
+from captioner.flags import add_dataclass_flags
 from model.checkpoint import CheckpointError, pick_device
+from server.limits import ServerLimits, few_memory_arenas
 
 
 def main(argv=None):
@@ -22,13 +28,19 @@ def main(argv=None):
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
     p.add_argument("--max-mb", type=float, default=5.0, help="largest image upload in megabytes (default: 5)")
-    p.add_argument("--max-pixels", type=int, default=40_000_000,
-                   help="largest image once decoded, in pixels; refuses decompression bombs (default: 40000000)")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="another name the Host header may carry (repeatable); --host other than 127.0.0.1 allows any")
+    limits = add_dataclass_flags(p, ServerLimits, skip=("max_bytes",), title="limits on one request")
+    p.add_argument("--threads", type=int, default=0,
+                   help="PyTorch CPU threads for each of the two captioning lanes (default: half the cores, so a "
+                        "large request in one lane leaves the other lane cores of its own)")
     p.add_argument("--device", default="auto", help='"auto" (CUDA, else a Mac\'s MPS, else the CPU), "cpu", "cuda", "mps", ... (default: auto)')
     args = p.parse_args(argv)
+    import torch
     import uvicorn  # imported here: --help works without the server's packages
 
     from server.app import create_app
+    from server.guard import LOOPBACK
 
     try:
         captioner = Captioner.from_pretrained(args.model, pick_device(args.device), for_images=True)
@@ -36,7 +48,15 @@ def main(argv=None):
         sys.exit(f"error: {e}")
     path = Path(args.model).resolve()
     name = path.parent.name if path.name in ("model", "checkpoint.pt") else path.name  # runs/shapes/model: "shapes"
-    app = create_app(captioner, int(args.max_mb * 1e6), args.max_pixels, name=name)
+    given = {field: getattr(args, dest) for dest, field in limits.items() if getattr(args, dest) is not None}
+    try:
+        limits = ServerLimits(max_bytes=int(args.max_mb * 1e6), **given)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    torch.set_num_threads(args.threads or max(1, torch.get_num_threads() // 2))  # two lanes share the cores
+    few_memory_arenas()  # memory freed by one request's thread serves the next (server/limits.py)
+    loopback = args.host in LOOPBACK
+    app = create_app(captioner, limits, name=name, allowed_hosts=LOOPBACK + tuple(args.allow_host) if loopback else None)
     print(f"serving {args.model} at http://{args.host}:{args.port}  (the API: /docs; Ctrl+C stops)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 

@@ -5,11 +5,13 @@
     POST /api/caption      multipart/form-data: `image` (the file) and, optionally, any field of
                            DecodingOptions, `region` ("x0,y0,x1,y1" in the image's pixels) and
                            `attention` ("false" leaves the maps out) -> captions, words, maps
-    GET  /docs             the OpenAPI page
+    GET  /docs             the API's reference, drawn from /openapi.json by the page's own script (offline)
 
-Captioning goes through captioner.Captioner, the same code as generate.py and the Python API. An upload
-stays in memory: no file a client sends is written to disk, and no path a client sends is ever opened.
-A bad upload gets a 4xx with a one-line reason, and the server goes on serving.
+Captioning goes through captioner.Captioner, the same code as generate.py and the Python API. No path a
+client sends is ever opened and no upload is kept: it is read into memory (Starlette spools one over 1 MB
+to an anonymous temporary file while the form is parsed) and dropped after its answer. A bad upload or an
+option beyond the server's limits (server/limits.py) gets a 4xx with a one-line reason, and the server
+goes on serving. server/guard.py limits the body's size, checks Host and Origin, and adds security headers.
 """
 
 import dataclasses
@@ -25,55 +27,13 @@ from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import UploadFile
 
 from captioner.flags import field_comments
-from data.images import ImageError, ImageTooLarge, load_image, view_geometry
-from data.regions import RegionError, parse_box
-from model.sampling import DecodingOptions
+from data.images import ImageError, ImageTooLarge, input_side, load_image, view_geometry
+from data.regions import RegionError, fit_box, parse_box
+from model.sampling import DecodingOptions, DecodingTimeout
+from server.guard import FORM_OVERHEAD, LOOPBACK, BodyTooLarge, Guard, UploadLimit
+from server.limits import Busy, Lanes, ServerLimits
 
 STATIC = Path(__file__).parent / "static"
-FORM_OVERHEAD = 64 * 1024  # bytes a request may carry beyond the image: the form fields and multipart framing
-
-
-class UploadLimit:
-    """ASGI middleware: a request body over `max_bytes` gets 413 before it is read further."""
-
-    def __init__(self, app, max_bytes):
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length", b"0")
-        if length.isdigit() and int(length) > self.max_bytes:
-            return await self.refuse(send)
-        received, started = 0, False
-
-        async def counted_receive():
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.max_bytes:
-                raise TooLarge
-            return message
-
-        async def watched_send(message):
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, counted_receive, watched_send)
-        except TooLarge:
-            if not started:
-                await self.refuse(send)
-
-    async def refuse(self, send):
-        limit = (self.max_bytes - FORM_OVERHEAD) / 1e6
-        await JSONResponse({"detail": f"the upload is larger than the {limit:g} MB this server accepts"},
-                           status_code=413)({"type": "http"}, None, send)
-
-
-class TooLarge(Exception):
-    pass
 
 
 def nested(tensor, digits=4):
@@ -96,19 +56,26 @@ def decoding_options(form):
     return DecodingOptions(**values)
 
 
-def create_app(captioner, max_bytes=5_000_000, max_pixels=40_000_000, name="model"):
-    """The FastAPI app serving `captioner`. max_bytes: the largest image upload; max_pixels: the largest
-    image once decoded (a small file can hold a huge picture)."""
-    app = FastAPI(title="captioner", description=__doc__, docs_url="/docs")
-    app.add_middleware(UploadLimit, max_bytes=max_bytes + FORM_OVERHEAD)
+def create_app(captioner, limits=ServerLimits(), name="model", allowed_hosts=LOOPBACK):
+    """The FastAPI app serving `captioner` within `limits`. allowed_hosts: the names a request's Host may
+    carry (None: any; see server/guard.py)."""
+    app = FastAPI(title="captioner", description=__doc__, docs_url=None, redoc_url=None)
+    app.add_middleware(UploadLimit, max_bytes=limits.max_bytes + FORM_OVERHEAD)
+    app.add_middleware(Guard, allowed_hosts=allowed_hosts)  # the outermost: it sees every request first
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    lock = threading.Lock()  # one caption at a time: both CPU cores go to it, and requests never interleave
+    lanes = Lanes(limits)  # captioning: small requests never wait behind a large one
+    image_decodes = threading.BoundedSemaphore(limits.image_decodes)  # full-size pictures in memory at once
     model = captioner.model
     decoder = model.decoder.config
+    side = input_side(captioner.preprocess)  # the model sees side x side pixels
 
     @app.get("/", include_in_schema=False)
     def page():
         return FileResponse(STATIC / "index.html")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs():
+        return FileResponse(STATIC / "docs.html")
 
     @app.get("/api/model")
     def model_info():
@@ -120,18 +87,25 @@ def create_app(captioner, max_bytes=5_000_000, max_pixels=40_000_000, name="mode
             "layers": decoder.layers,
             "heads": decoder.heads,
             "cross_attention": decoder.cross_attention,
-            "max_bytes": max_bytes,
+            "max_bytes": limits.max_bytes,
+            "limits": {"num": limits.max_num, "beam": limits.max_beam, "max_len": limits.max_len,
+                       "seconds": limits.seconds},
             "options": [{"name": f.name, "type": f.type.__name__, "default": f.default, "help": comments[f.name]}
                         for f in dataclasses.fields(DecodingOptions)],
         }
 
     def caption_bytes(data, filename, options, region, attention):
-        image = load_image(io.BytesIO(data), max_pixels, name=filename)
+        with image_decodes:
+            image = load_image(io.BytesIO(data), limits.max_pixels, name=filename, seen_at=side)
         image.filename = filename  # named in region messages
-        started = time.perf_counter()
-        with lock:
-            result = captioner.caption(image, region=region, attention=True, **dataclasses.asdict(options))
-        W, H = image.size
+        W, H = image.original_size  # the region, and the page, count the upload's own pixels
+        if region is not None:  # checked against the upload's size, then scaled to the reduced picture's
+            x0, y0, x1, y1 = fit_box(region, W, H, filename)
+            region = (x0 * image.width / W, y0 * image.height / H, x1 * image.width / W, y1 * image.height / H)
+        with lanes.turn(options):
+            started = time.perf_counter()
+            result = captioner.caption(image, region=region, attention=True, max_time=limits.seconds,
+                                       **dataclasses.asdict(options))
         S, sx, sy, ox, oy = view_geometry(captioner.preprocess, W, H)
         return {
             "captions": result.texts,
@@ -160,6 +134,8 @@ def create_app(captioner, max_bytes=5_000_000, max_pixels=40_000_000, name="mode
         """Caption one uploaded image; with its words' cross-attention maps and the encoder's rollout."""
         try:
             form = await request.form(max_files=1, max_fields=32)
+        except BodyTooLarge:
+            raise  # UploadLimit answers it with a 413
         except Exception as e:  # a malformed multipart body
             raise HTTPException(400, f"not a multipart/form-data upload ({str(e)[:80]})") from None
         upload = form.get("image")
@@ -171,8 +147,9 @@ def create_app(captioner, max_bytes=5_000_000, max_pixels=40_000_000, name="mode
             raise HTTPException(400, f"{filename}: the upload is empty")
         try:
             options = decoding_options(form)
-            region = parse_box(form["region"]) if form.get("region") else None
-        except ValueError as e:  # an option out of range, or a region that is not four numbers
+            limits.check(options)
+            region = parse_box(str(form["region"])) if form.get("region") else None
+        except ValueError as e:  # an option out of range or beyond the limits, or a region that is not four numbers
             raise HTTPException(400, str(e)) from None
         attention = str(form.get("attention", "true")).lower() != "false"
         try:
@@ -181,5 +158,10 @@ def create_app(captioner, max_bytes=5_000_000, max_pixels=40_000_000, name="mode
             raise HTTPException(413, str(e)) from None
         except (ImageError, RegionError) as e:
             raise HTTPException(400, str(e)) from None
+        except Busy as e:
+            raise HTTPException(503, str(e), headers={"Retry-After": "1"}) from None
+        except DecodingTimeout as e:
+            raise HTTPException(503, f"{e} of {limits.seconds:g} s per request (serve.py --seconds); ask for "
+                                     "fewer captions, a narrower beam or a shorter max_len") from None
 
     return app

@@ -1,3 +1,4 @@
+import contextlib
 import os
 import sys
 
@@ -49,23 +50,31 @@ def live_server(shapes_model):
     """The web page's app (server/app.py) on the shared model, under uvicorn on a free port of 127.0.0.1,
     in a thread of this process. Yields its address."""
     pytest.importorskip("uvicorn", reason="the server's packages are not installed (requirements.txt)")
+    from captioner import Captioner
+    from server.app import create_app
+
+    with serving(create_app(Captioner.from_pretrained(shapes_model), name="shapes")) as address:
+        yield address
+
+
+@contextlib.contextmanager
+def serving(app):
+    """Serve `app` under uvicorn on a free port of 127.0.0.1, in a thread of this process: its address."""
     import socket
     import threading
 
     import uvicorn
 
-    from captioner import Captioner
-    from server.app import create_app
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    app = create_app(Captioner.from_pretrained(shapes_model), name="shapes")
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:
         thread.join(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(5)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(5)

@@ -269,7 +269,7 @@ def test_the_page_serves_a_vit_gpt2_folder(tmp_path):
 
     folder, _ = vit_gpt2_folder(tmp_path)
     captioner = Captioner.from_pretrained(folder)
-    client = TestClient(create_app(captioner, name="vit-gpt2"))
+    client = TestClient(create_app(captioner, name="vit-gpt2"), base_url="http://127.0.0.1")
     buffer = io.BytesIO()
     Image.new("RGB", (40, 30), (10, 200, 90)).save(buffer, format="PNG")
     answer = client.post("/api/caption", files={"image": ("photo.png", buffer.getvalue(), "image/png")},

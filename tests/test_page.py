@@ -115,3 +115,20 @@ def test_the_webcam_view_captions_a_frame(live_server, browser):
     assert browser.execute_script("return state.result.width") > 0
     browser.find_element(By.ID, "tab-photo").click()
     assert browser.execute_script("return state.stream") is None  # the camera is let go
+
+
+def test_the_api_reference_renders_offline_and_the_page_breaks_no_security_rule(live_server, browser):
+    """/docs is drawn from /openapi.json by the server's own script (FastAPI's Swagger page needs a CDN), under
+    the Content-Security-Policy the server sends; the console shows no refused script, style or image."""
+    browser.get(live_server + "/docs")
+    WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "section.endpoint"))
+    titles = [h.text for h in browser.find_elements(By.CSS_SELECTOR, "section.endpoint h2")]
+    assert "POST /api/caption" in titles and "GET /api/model" in titles, titles
+    fields = browser.find_element(By.CSS_SELECTOR, "section.endpoint table").text
+    assert "image (required)" in fields and "beam" in fields and "temperature" in fields
+    if os.environ.get("SAVE_DOCS_SCREENSHOT"):
+        browser.save_screenshot(os.environ["SAVE_DOCS_SCREENSHOT"])
+    browser.get(live_server)  # the page itself, under the same policy
+    WebDriverWait(browser, 30).until(lambda d: "layers" in d.find_element(By.ID, "model-info").text)
+    refused = [entry["message"] for entry in browser.get_log("browser") if "Content Security Policy" in entry["message"]]
+    assert not refused, refused

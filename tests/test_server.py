@@ -18,6 +18,7 @@ from captioner import Captioner  # noqa: E402
 from data.shapes import make_split  # noqa: E402
 from model.sampling import DecodingOptions  # noqa: E402
 from server.app import create_app  # noqa: E402
+from server.limits import ServerLimits  # noqa: E402
 
 SCALE = 4
 
@@ -44,7 +45,8 @@ def captioner(shapes_model):
 
 @pytest.fixture(scope="module")
 def client(captioner):
-    return TestClient(create_app(captioner, max_bytes=300_000, max_pixels=4_000_000, name="shapes"))
+    limits = ServerLimits(max_bytes=300_000, max_pixels=4_000_000)
+    return TestClient(create_app(captioner, limits, name="shapes"), base_url="http://127.0.0.1")
 
 
 def post(client, data, name="scene.png", **fields):

@@ -156,6 +156,7 @@ async function caption() {
   if (state.region) captionRegion();
 }
 $("again").addEventListener("click", () => caption());
+$("decoding").addEventListener("submit", (event) => { event.preventDefault(); caption(); });  // Enter in a field
 
 function renderWords() {
   const box = $("caption");
