@@ -154,7 +154,7 @@ class Captioner:
             preprocess = hugging_face_preprocess(folder, model.config.vit.image_size)
         except (HuggingFaceError, ValueError) as e:
             raise CheckpointError(str(e)) from None
-        return cls(model.to(device), tokenizer, preprocess)
+        return cls(model.to(device), tokenizer, preprocess).checked(folder)
 
     @classmethod
     def from_clipcap(cls, checkpoint, gpt2_folder, clip_pretrained="openai", device="cpu"):
@@ -172,18 +172,47 @@ class Captioner:
             tokenizer = GPT2Tokenizer.from_folder(gpt2_folder, end=".")  # ClipCap's captions end at the full stop
         except (HuggingFaceError, ValueError) as e:
             raise CheckpointError(str(e)) from None
-        return cls(model.to(device), tokenizer, dict(vit.preprocess_cfg, kind="openclip"))
+        return cls(model.to(device), tokenizer, dict(vit.preprocess_cfg, kind="openclip")).checked(checkpoint)
 
     @classmethod
     def from_model(cls, model, info, where="model"):
         """A Captioner of a loaded model and the "tokenizer" and "preprocess" saved with it (in `where`)."""
         try:
             tokenizer = tokenizer_from_dict(info["tokenizer"], f"{where}, tokenizer")
-            return cls(model, tokenizer, info["preprocess"])
+            captioner = cls(model, tokenizer, info["preprocess"])
         except ValueError as e:
             raise CheckpointError(str(e)) from None
-        except (KeyError, TypeError) as e:
-            raise CheckpointError(f"{where}: malformed tokenizer or preprocessing ({e!r})") from None
+        except (KeyError, TypeError, AttributeError, AssertionError) as e:  # what a malformed spec makes them raise
+            raise CheckpointError(f"{where}: malformed tokenizer or preprocessing ({e!r:.80})") from None
+        return captioner.checked(where)
+
+    def checked(self, where):
+        """self, once it is sure to caption: its tokenizer writes every id the model can predict, and its
+        preprocessing turns an image into finite pixels of the encoder's size. Otherwise CheckpointError
+        naming `where`: a model refused at load, not a server that answers every request with an error."""
+        V = self.model.decoder.config.vocab_size
+        try:
+            self.tokenizer.decode([i for i in range(V) if i != self.tokenizer.eos_id])  # decoding stops at eos
+            ends = 0 <= self.tokenizer.bos_id < V and 0 <= self.tokenizer.eos_id < V
+        except (KeyError, IndexError, ValueError, TypeError) as e:
+            raise CheckpointError(f"{where}: the tokenizer cannot write every one of the model's {V} token ids "
+                                  f"({type(e).__name__} {str(e)[:40]})") from None
+        if not ends:
+            raise CheckpointError(f"{where}: the tokenizer's start or end id is outside the model's {V} token ids")
+        if self.model.encoder is None:
+            return self
+        S = self.model.encoder.config.image_size
+        try:
+            pixels = self.transform(Image.new("RGB", (37, 23), (120, 130, 140)))
+        except Exception as e:  # noqa: BLE001 - whatever a malformed spec makes the transform raise
+            raise CheckpointError(f"{where}: its preprocessing cannot prepare an image ({type(e).__name__} "
+                                  f"{str(e)[:60]})") from None
+        if tuple(pixels.shape) != (3, S, S):
+            raise CheckpointError(f"{where}: its preprocessing makes {tuple(pixels.shape)} pixels; the encoder reads "
+                                  f"(3, {S}, {S})")
+        if not torch.isfinite(pixels).all():
+            raise CheckpointError(f"{where}: its preprocessing gives pixels that are not finite numbers (a std of 0?)")
+        return self
 
     def save_pretrained(self, folder):
         """Write a model folder that from_pretrained (and anyone else) can read without running code."""

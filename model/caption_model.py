@@ -26,7 +26,10 @@ def config_from_dict(cls, values, where):
     for name, value in values.items():
         if not fits(fields[name].type, value):
             raise ValueError(f"{where}: field {name!r} should be {fields[name].type.__name__}, not {value!r}")
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ValueError as e:  # a size out of range (model/sizes.py), or sizes that do not fit together
+        raise ValueError(f"{where}: {e}") from None
 
 
 def fits(kind, value):

@@ -13,10 +13,11 @@ a checkpoint someone handed you runs none of their code.
 import json
 import os
 import pickle
+import stat
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from model.caption_model import CaptionModel, CaptionModelConfig
@@ -24,6 +25,7 @@ from model.caption_model import CaptionModel, CaptionModelConfig
 MODEL_FORMAT = "captioner-model"  # config.json's "format", so a foreign JSON file is recognised as such
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 CONFIG_KEYS = {"format", "version", "model", "tokenizer", "preprocess"}
+MAX_JSON_BYTES = 64 * 2**20  # a config is a few kB and a tokenizer's vocabulary about 1 MB
 
 
 class CheckpointError(ValueError):
@@ -57,37 +59,106 @@ def save_checkpoint(path, state):
     replace_atomically(path, lambda tmp: torch.save(state, tmp))
 
 
+def regular_file(path, error=CheckpointError):
+    """`path` if it is a regular file (links followed). A folder, a named pipe (reading it waits forever) or a
+    device such as /dev/zero (reading it never ends) is `error`, naming it; so is a path that does not exist."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise error(f"{path}: no such file") from None
+    except OSError as e:
+        raise error(f"{path}: cannot be read ({e.strerror})") from None
+    if not stat.S_ISREG(mode):
+        kind = ("a folder" if stat.S_ISDIR(mode) else "a named pipe" if stat.S_ISFIFO(mode)
+                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a special file")
+        raise error(f"{path}: {kind}, not a regular file")
+    return path
+
+
 def load_weights_only(path, error=CheckpointError, hint=""):
     """torch.load(path, weights_only=True): tensors and plain values only, so no code in the file runs.
     Any failure is raised as `error`, one sentence naming the file (`hint` is added to a refusal)."""
+    regular_file(path, error)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:  # the weights-only reader met something other than tensors and plain values
         raise error(f"{path}: refused: it holds Python objects that could run code when loaded{hint}") from None
     except Exception as e:  # torch raises several types for a cut-off or foreign file
         raise error(f"{path}: damaged or truncated, torch.load failed ({type(e).__name__})") from None
+    name = overlapping_tensor(state)
+    if name is not None:
+        raise error(f"{path}: refused: tensor {name} reuses its stored values (a stride of 0), so copying it "
+                    "could take far more memory than the file holds")
+    return state
+
+
+def overlapping_tensor(value, name="state"):
+    """The name of the first tensor in nested dicts and lists that has more elements than its storage holds
+    (a view with stride 0, as torch.expand makes: a small file that unfolds into gigabytes), or None."""
+    if isinstance(value, torch.Tensor):
+        return name if value.numel() * value.element_size() > value.untyped_storage().nbytes() else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else ()
+    for key, item in items:
+        found = overlapping_tensor(item, f"{name}[{key!r}]" if name != "state" else str(key))
+        if found is not None:
+            return found
+    return None
 
 
 def load_safetensors(path, error=CheckpointError):
     """A safetensors file's tensors (safetensors holds no code); a broken file is `error`, naming it."""
+    regular_file(path, error)
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise error(f"{path}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
 
 
+def safetensors_shapes(path, error=CheckpointError):
+    """{name: shape} of a safetensors file, read from its header alone (no tensor is loaded)."""
+    regular_file(path, error)
+    try:
+        with safe_open(str(path), "pt") as f:
+            return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise error(f"{path}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
+
+
 def read_json(path, error=CheckpointError):
-    """A JSON file as Python values; one that is not JSON is `error`, naming it."""
+    """A JSON file as Python values; one that is not JSON, or not a regular file of sane size, is `error`."""
+    size = os.stat(regular_file(path, error)).st_size
+    if size > MAX_JSON_BYTES:
+        raise error(f"{path}: {size:,} bytes is more than a JSON file of a model holds ({MAX_JSON_BYTES:,} at most)")
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise error(f"{path}: not valid JSON ({e})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise error(f"{path}: not valid JSON ({str(e)[:100]})") from None
+
+
+def meta_shapes(build):
+    """{name: shape} of the state dict of the module build() makes, built on the meta device: sizes only,
+    no memory for the tensors, so a configuration can be checked against its weights before it costs any."""
+    with torch.device("meta"):
+        return {name: tuple(t.shape) for name, t in build().state_dict().items()}
+
+
+def shape_difference(expected, found, strict=True):
+    """The first way the weights' {name: shape} `found` differ from the module's `expected`, in words, or None.
+    strict=False allows weights the file lacks (layers left as initialised)."""
+    for name, shape in expected.items():
+        if name not in found:
+            if strict:
+                return f"missing key {name}"
+        elif tuple(found[name]) != tuple(shape):
+            return f"{name} is {tuple(found[name])} in the file, {tuple(shape)} in the configuration"
+    unexpected = sorted(set(found) - set(expected))
+    return f"unexpected key {unexpected[0]}" if unexpected else None
 
 
 def load_checkpoint(path):
     """A training checkpoint as a dict, read without running any code it might carry."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint")
     state = load_weights_only(path, hint="; if it is a checkpoint you made yourself, convert it with "
                                          "python -m captioner.convert")
@@ -97,18 +168,30 @@ def load_checkpoint(path):
     return state
 
 
-def model_from_state(config_dict, weights, config_where, weights_where):
-    """Build the model a config describes and load `weights` into it, or say in one line what does not fit."""
+def model_config(config_dict, where):
+    """A CaptionModelConfig from its dict, or one line saying what is wrong with it (naming `where`)."""
     try:
-        model = CaptionModel(CaptionModelConfig.from_dict(config_dict, config_where))
+        return CaptionModelConfig.from_dict(config_dict, where)
     except ValueError as e:
         raise CheckpointError(str(e)) from None
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as e:
-        first = str(e).split("\n\t")[1] if "\n\t" in str(e) else str(e)
-        raise CheckpointError(f"{weights_where}: weights do not fit the configuration in {config_where} "
-                              f"({first.strip()})") from None
+
+
+def check_fits(config, shapes, config_where, weights_where):
+    """Refuse weights whose {name: shape} differ from the model `config` describes, before anything is allocated:
+    a config that asks for more than its weights hold costs nothing."""
+    problem = shape_difference(meta_shapes(lambda: CaptionModel(config)), shapes)
+    if problem:
+        raise CheckpointError(f"{weights_where}: weights do not fit the configuration in {config_where} ({problem})")
+
+
+def model_from_state(config_dict, weights, config_where, weights_where):
+    """Build the model a config describes and load `weights` into it, or say in one line what does not fit."""
+    config = model_config(config_dict, config_where)
+    if not isinstance(weights, dict) or not all(isinstance(t, torch.Tensor) for t in weights.values()):
+        raise CheckpointError(f"{weights_where}: the weights are not a dict of tensors")
+    check_fits(config, {name: t.shape for name, t in weights.items()}, config_where, weights_where)
+    model = CaptionModel(config)
+    model.load_state_dict(weights)
     return model
 
 
@@ -130,7 +213,7 @@ def save_model_folder(folder, model, tokenizer, preprocess):
 def read_model_config(folder):
     """config.json of a model folder as a dict, its top-level fields checked."""
     path = Path(folder) / CONFIG_FILE
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"{path}: missing; a model folder holds {CONFIG_FILE} and {WEIGHTS_FILE}")
     config = read_json(path)
     if not isinstance(config, dict) or config.get("format") != MODEL_FORMAT:
@@ -148,11 +231,11 @@ def load_model_folder(folder, device="cpu"):
     """Rebuild a model from its folder alone. Returns (model in eval mode, config dict)."""
     folder = Path(folder)
     config = read_model_config(folder)
-    weights_path = folder / WEIGHTS_FILE
-    if not weights_path.is_file():
+    weights_path, where = folder / WEIGHTS_FILE, f"{folder / CONFIG_FILE}, model"
+    if not weights_path.exists():
         raise CheckpointError(f"{weights_path}: missing; a model folder holds {CONFIG_FILE} and {WEIGHTS_FILE}")
-    weights = load_safetensors(weights_path)
-    model = model_from_state(config["model"], weights, f"{folder / CONFIG_FILE}, model", weights_path)
+    check_fits(model_config(config["model"], where), safetensors_shapes(weights_path), where, weights_path)
+    model = model_from_state(config["model"], load_safetensors(weights_path), where, weights_path)
     return model.to(device).eval(), config
 
 

@@ -52,9 +52,12 @@ def clipcap_decoder_config(state, where):
         mapper = dict(prefix_mapper="mlp")
     if C % 64:
         raise HuggingFaceError(f"{where}: GPT-2's width {C} is not a multiple of its 64-wide heads")
-    return DecoderConfig(vocab_size=V, max_len=state["gpt.transformer.wpe.weight"].shape[0], width=C, layers=layers,
-                         heads=C // 64, mlp_ratio=4.0, prefix_len=P, clip_dim=clip_dim, cross_attention=False,
-                         dropout=0.0, gelu="tanh", gpt_prefix=True, **mapper)
+    try:
+        return DecoderConfig(vocab_size=V, max_len=state["gpt.transformer.wpe.weight"].shape[0], width=C,
+                             layers=layers, heads=C // 64, mlp_ratio=4.0, prefix_len=P, clip_dim=clip_dim,
+                             cross_attention=False, dropout=0.0, gelu="tanh", gpt_prefix=True, **mapper)
+    except ValueError as e:  # a size out of range (model/sizes.py)
+        raise HuggingFaceError(f"{where}: {e}") from None
 
 
 def mapper_state_dict(state, config):
@@ -85,9 +88,7 @@ def load_clipcap_decoder(path):
         ours = gpt2_state_dict(state, config, prefix="gpt.") | mapper_state_dict(state, config)
     except KeyError as e:
         raise HuggingFaceError(f"{path}: the weights lack {e.args[0]}: not a ClipCap checkpoint") from None
-    decoder = CaptionDecoder(config)
-    load_into(decoder, ours, path)
-    return decoder.eval()
+    return load_into(lambda: CaptionDecoder(config), ours, path).eval()
 
 
 def clipcap_model(path, clip_vit):

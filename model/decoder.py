@@ -14,6 +14,7 @@ from torch import nn
 from model.attention import AttentionCache, MultiHeadAttention, causal_mask, padding_mask, prefix_lm_mask
 from model.hooks import mask_from, plugged
 from model.mlp import MLP
+from model.sizes import check_sizes
 from model.vit import EncoderBlock
 
 
@@ -38,6 +39,24 @@ class DecoderConfig:
     gpt_prefix: bool = False  # ClipCap: GPT-2 over [prefix ; caption], causal, the last prefix position predicts word 1
 
     ADDED_LATER = {"gelu", "patch_proj", "gpt_prefix", "mapper_layers"}  # absent from older model folders: their defaults are how those behaved
+    LIMITS = dict(vocab_size=(2, 1_000_000), max_len=(2, 16384), width=(1, 16384), layers=(1, 128), heads=(1, 256),
+                  mlp_ratio=(1e-3, 16), prefix_len=(0, 1024), clip_dim=(1, 16384), patch_dim=(1, 16384),
+                  mapper_layers=(0, 64), dropout=(0.0, 0.99))  # see model/sizes.py
+    CHOICES = dict(prefix_mapper=("mlp", "transformer", "clipcap-transformer"), gelu=("exact", "tanh"),
+                   patch_proj=("linear_norm", "linear", "none"))
+
+    def __post_init__(self):
+        check_sizes(self, self.LIMITS, lambda: [
+            *((getattr(self, name) not in allowed, f"{name} must be one of {', '.join(allowed)}, not "
+               f"{getattr(self, name)!r}") for name, allowed in self.CHOICES.items()),
+            (self.width % self.heads, f"width {self.width} is not divisible by heads {self.heads}"),
+            (self.max_caption < 2, f"max_len {self.max_len} leaves no room for a caption after a prefix of "
+                                   f"{self.prefix_len}"),
+            (self.gpt_prefix and self.prefix_len == 0, "gpt_prefix (ClipCap's layout) needs a prefix: prefix_len "
+                                                       "must be above 0"),
+            (self.patch_proj == "none" and self.patch_dim != self.width,
+             f"patch_proj 'none' needs patch_dim == width, not {self.patch_dim} and {self.width}"),
+        ])
 
     @property
     def max_caption(self):

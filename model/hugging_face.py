@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from model.caption_model import CaptionModel, CaptionModelConfig
-from model.checkpoint import load_safetensors, load_weights_only, read_json
+from model.checkpoint import load_safetensors, load_weights_only, meta_shapes, read_json, shape_difference
 from model.decoder import CaptionDecoder, DecoderConfig
 from model.vit import ViTConfig, VisionTransformer
 
@@ -48,13 +48,31 @@ def require(config, key, expected, where):
         raise HuggingFaceError(f"{where}: {key} = {config[key]!r} is not supported (only {expected!r})")
 
 
-def load_into(module, state_dict, where):
-    """module.load_state_dict, with a shape or name mismatch said in one line naming `where`."""
+def config_of(kind, where, **fields):
+    """kind(**fields) (our ViTConfig or DecoderConfig) from a Hugging Face config's values, or one line naming
+    `where` for a missing, mistyped or out-of-range value (model/sizes.py)."""
     try:
-        module.load_state_dict(state_dict)
-    except RuntimeError as e:
-        first = [line.strip() for line in str(e).splitlines() if line.strip()][1:2] or [str(e)]
-        raise HuggingFaceError(f"{where}: the weights do not fit the config: {first[0][:200]}") from None
+        return kind(**{name: value() for name, value in fields.items()})
+    except KeyError as e:
+        raise HuggingFaceError(f"{where}: missing {e.args[0]!r}") from None
+    except (TypeError, ValueError, ZeroDivisionError) as e:
+        raise HuggingFaceError(f"{where}: {e}") from None
+
+
+def fits(build, state_dict, where, strict=True):
+    """Refuse weights whose names or shapes differ from the module build() makes, in one line naming `where`,
+    before the module is allocated (it is built on the meta device to compare)."""
+    problem = shape_difference(meta_shapes(build), {k: v.shape for k, v in state_dict.items()}, strict)
+    if problem:
+        raise HuggingFaceError(f"{where}: the weights do not fit the config: {problem}")
+
+
+def load_into(build, state_dict, where):
+    """build() with `state_dict` loaded, once its names and shapes are checked against them (see fits)."""
+    fits(build, state_dict, where)
+    module = build()
+    module.load_state_dict(state_dict)
+    return module
 
 
 # ---------------------------------------------------------------------------------------------- GPT-2
@@ -68,13 +86,14 @@ def gpt2_decoder_config(config, where="config.json", patch_dim=None):
     require(config, "layer_norm_epsilon", 1e-5, where)
     require(config, "scale_attn_weights", True, where)
     require(config, "scale_attn_by_inverse_layer_idx", False, where)
-    width = config["n_embd"]
+    width = config.get("n_embd")
     patch_dim = patch_dim or width
-    return DecoderConfig(
-        vocab_size=config["vocab_size"], max_len=config["n_positions"], width=width, layers=config["n_layer"],
-        heads=config["n_head"], mlp_ratio=(config.get("n_inner") or 4 * width) / width, prefix_len=0,
-        clip_dim=width, patch_dim=patch_dim, cross_attention=bool(config.get("add_cross_attention", False)),
-        dropout=0.0, gelu="tanh", patch_proj="none" if patch_dim == width else "linear")
+    return config_of(
+        DecoderConfig, where, vocab_size=lambda: config["vocab_size"], max_len=lambda: config["n_positions"],
+        width=lambda: config["n_embd"], layers=lambda: config["n_layer"], heads=lambda: config["n_head"],
+        mlp_ratio=lambda: (config.get("n_inner") or 4 * width) / width, prefix_len=lambda: 0, clip_dim=lambda: width,
+        patch_dim=lambda: patch_dim, cross_attention=lambda: bool(config.get("add_cross_attention", False)),
+        dropout=lambda: 0.0, gelu=lambda: "tanh", patch_proj=lambda: "none" if patch_dim == width else "linear")
 
 
 def conv1d(weight):
@@ -118,9 +137,7 @@ def load_gpt2_decoder(folder):
     cross-attention layers for captioning are made by `with_fresh_cross_attention`."""
     where = Path(folder) / "config.json"
     config = gpt2_decoder_config(read_config(folder), where)
-    decoder = CaptionDecoder(config)
-    load_into(decoder, read_gpt2_weights(folder, config), Path(folder))
-    return decoder.eval()
+    return load_into(lambda: CaptionDecoder(config), read_gpt2_weights(folder, config), Path(folder)).eval()
 
 
 def read_gpt2_weights(folder, config, max_len=None):
@@ -140,9 +157,11 @@ def gpt2_captioning_decoder(folder, base: DecoderConfig):
     and dropout. load_gpt2_weights then fills it."""
     gpt = gpt2_decoder_config(read_config(folder), Path(folder) / "config.json")
     P = base.prefix_len
-    return dataclasses.replace(gpt, prefix_len=P, gpt_prefix=P > 0, prefix_mapper=base.prefix_mapper,
-                               cross_attention=base.cross_attention, dropout=base.dropout,
-                               max_len=min(gpt.max_len, base.max_len + P), patch_proj="linear_norm")
+    config = dataclasses.replace(gpt, prefix_len=P, gpt_prefix=P > 0, prefix_mapper=base.prefix_mapper,
+                                 cross_attention=base.cross_attention, dropout=base.dropout,
+                                 max_len=min(gpt.max_len, base.max_len + P), patch_proj="linear_norm")
+    fits(lambda: CaptionDecoder(config), read_gpt2_weights(folder, gpt, config.max_len), Path(folder), strict=False)
+    return config  # checked against the weights before the caller builds it
 
 
 def load_gpt2_weights(decoder, folder):
@@ -167,11 +186,12 @@ def vit_config(config, where="config.json", class_token_in_memory=False):
     require(config, "hidden_act", "gelu", where)
     require(config, "qkv_bias", True, where)
     require(config, "num_channels", 3, where)
-    width = config["hidden_size"]
-    return ViTConfig(image_size=config["image_size"], patch_size=config["patch_size"], width=width,
-                     layers=config["num_hidden_layers"], heads=config["num_attention_heads"],
-                     mlp_ratio=config["intermediate_size"] / width, output_dim=width, patch_bias=True, ln_pre=False,
-                     norm_eps=config.get("layer_norm_eps", 1e-12), class_token_in_memory=class_token_in_memory)
+    return config_of(
+        ViTConfig, where, image_size=lambda: config["image_size"], patch_size=lambda: config["patch_size"],
+        width=lambda: config["hidden_size"], layers=lambda: config["num_hidden_layers"],
+        heads=lambda: config["num_attention_heads"], mlp_ratio=lambda: config["intermediate_size"] / config["hidden_size"],
+        output_dim=lambda: config["hidden_size"], patch_bias=lambda: True, ln_pre=lambda: False,
+        norm_eps=lambda: config.get("layer_norm_eps", 1e-12), class_token_in_memory=lambda: class_token_in_memory)
 
 
 def vit_state_dict(hf, config: ViTConfig, prefix=""):
@@ -200,15 +220,13 @@ def vit_state_dict(hf, config: ViTConfig, prefix=""):
 def load_vit(folder):
     """A ViTModel folder -> our VisionTransformer with its weights, in eval mode."""
     config = vit_config(read_config(folder), Path(folder) / "config.json")
-    vit = VisionTransformer(config)
     hf = read_weights(folder)
     prefix = "vit." if "vit.embeddings.cls_token" in hf else ""  # ViTForImageClassification keeps it under vit.
     try:
         state = vit_state_dict(hf, config, prefix)
     except KeyError as e:
         raise HuggingFaceError(f"{Path(folder)}: the weights lack {e.args[0]}: not a ViT checkpoint") from None
-    load_into(vit, state, Path(folder))
-    return vit.eval()
+    return load_into(lambda: VisionTransformer(config), state, Path(folder)).eval()
 
 
 # ---------------------------------------------------------------------------------------------- ViT + GPT-2
@@ -231,7 +249,6 @@ def vision_encoder_decoder(folder):
     decoder = dataclasses.replace(decoder, max_len=min(decoder.max_len, CAPTION_POSITIONS))
     if not decoder.cross_attention:
         raise HuggingFaceError(f"{where}, decoder: add_cross_attention is false: the decoder cannot see the image")
-    model = CaptionModel(CaptionModelConfig(vit, decoder, frozen_encoder=False))
     hf = read_weights(folder)
     try:
         state = {"encoder." + k: v for k, v in vit_state_dict(hf, vit, "encoder.").items()}
@@ -242,5 +259,5 @@ def vision_encoder_decoder(folder):
             state["decoder.patch_proj.bias"] = hf["enc_to_dec_proj.bias"]
     except KeyError as e:
         raise HuggingFaceError(f"{Path(folder)}: the weights lack {e.args[0]}: not a ViT + GPT-2 checkpoint") from None
-    load_into(model, state, Path(folder))
+    model = load_into(lambda: CaptionModel(CaptionModelConfig(vit, decoder, frozen_encoder=False)), state, Path(folder))
     return model.eval(), config

@@ -8,6 +8,7 @@ from torch import nn
 from model.attention import MultiHeadAttention
 from model.hooks import plugged
 from model.mlp import MLP
+from model.sizes import check_sizes
 
 
 @dataclass
@@ -28,6 +29,16 @@ class ViTConfig:
     class_token_in_memory: bool = False  # the decoder cross-attends to the class token too (VisionEncoderDecoder)
 
     ADDED_LATER = {"patch_bias", "ln_pre", "norm_eps", "class_token_in_memory"}  # see DecoderConfig
+    LIMITS = dict(image_size=(1, 4096), patch_size=(1, 4096), width=(1, 8192), layers=(1, 128), heads=(1, 128),
+                  mlp_ratio=(1e-3, 16), output_dim=(1, 8192), norm_eps=(1e-30, 1.0))  # see model/sizes.py
+
+    def __post_init__(self):
+        check_sizes(self, self.LIMITS, lambda: [
+            (self.width % self.heads, f"width {self.width} is not divisible by heads {self.heads}"),
+            (self.image_size % self.patch_size, f"image_size {self.image_size} is not a multiple of patch_size "
+                                                f"{self.patch_size}"),
+            (self.grid > 128, f"{self.grid} x {self.grid} patches is more than the 128 x 128 a ViT here may have"),
+        ])
 
     @property
     def grid(self):

@@ -107,7 +107,7 @@ def broken_folder(shapes_model, tmp_path, edit_config=None, edit_weights=None):
 @pytest.mark.parametrize("edit_config, edit_weights, file, message", [
     (None, lambda w: w.update({"decoder.ln_f.weight": torch.ones(7)}), "model.safetensors",
      "weights do not fit the configuration"),
-    (None, lambda w: w.pop("decoder.ln_f.bias"), "model.safetensors", "Missing key"),
+    (None, lambda w: w.pop("decoder.ln_f.bias"), "model.safetensors", "missing key decoder.ln_f.bias"),
     (lambda c: c.pop("tokenizer"), None, "config.json", "missing field 'tokenizer'"),
     (lambda c: c.update(colour="red"), None, "config.json", "unknown field 'colour'"),
     (lambda c: c["model"]["decoder"].pop("width"), None, "config.json", "missing field 'width'"),

@@ -1,0 +1,178 @@
+"""Model files built to exhaust or hang the loader, and broken ones that used to load and then fail on every
+request. Each is refused in one line naming the file, before the memory it asks for is allocated: the
+loads that could allocate run in a child process whose peak memory is measured."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from captioner import Captioner
+from model.checkpoint import CheckpointError
+
+ROOT = Path(__file__).resolve().parent.parent
+SAFE_PEAK_GB = 1.5  # the shapes model loads in about 0.5 GB (torch itself); each file below asked for 4 GB or more
+
+
+def copy_of(shapes_model, tmp_path, edit=None):
+    folder = tmp_path / "model"
+    shutil.copytree(shapes_model, folder)
+    if edit:
+        config = json.loads((folder / "config.json").read_text())
+        edit(config)
+        (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def load_in_child(path, call="Captioner.from_pretrained(path)", timeout=60):
+    """Load `path` in a fresh process: (its last line of output, its peak memory in GB)."""
+    code = textwrap.dedent(f"""
+        import resource, sys
+        from captioner import Captioner
+        from model.checkpoint import CheckpointError
+        from model.hugging_face import HuggingFaceError
+        from model.clipcap import load_clipcap_decoder
+        path = sys.argv[1]
+        try:
+            {call}
+            print("loaded")
+        except (CheckpointError, HuggingFaceError) as e:
+            print("refused:", e)
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6)
+    """)
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=timeout,
+                         cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    lines = out.stdout.strip().splitlines()
+    assert out.returncode == 0 and len(lines) == 2, out.stderr[-2000:]
+    return lines[0], float(lines[1])
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c["model"]["decoder"].update(layers=10**6), "layers must be a number from 1 to 128, not 1000000"),
+    (lambda c: c["model"]["decoder"].update(layers=100, vocab_size=10**6), "weights do not fit the configuration"),
+    (lambda c: c["model"]["vit"].update(width=8192, heads=128), "weights do not fit the configuration"),
+    (lambda c: c["model"]["decoder"].update(max_len=16384, width=16384, heads=256), "weights do not fit"),
+], ids=["a million layers", "within the limits, not the weights", "a wide encoder", "a wide decoder"])
+def test_a_config_that_asks_for_more_than_its_weights_is_refused_before_allocating(shapes_model, tmp_path, edit,
+                                                                                    message):
+    folder = copy_of(shapes_model, tmp_path, edit)
+    line, peak = load_in_child(folder)
+    assert line.startswith(f"refused: {folder / 'config.json'}") or line.startswith(f"refused: {folder}"), line
+    assert message in line and peak < SAFE_PEAK_GB, (line, peak)
+
+
+def test_files_that_are_not_regular_files_are_refused_not_read(shapes_model, tmp_path):
+    folder = copy_of(shapes_model, tmp_path)
+    (folder / "config.json").unlink()
+    (folder / "config.json").symlink_to("/dev/zero")  # reading it never ends
+    with pytest.raises(CheckpointError, match=r"config.json: a device, not a regular file"):
+        Captioner.from_pretrained(folder)
+    (folder / "config.json").unlink()
+    os.mkfifo(folder / "config.json")  # reading it waits forever for a writer
+    line, _ = load_in_child(folder, timeout=30)
+    assert line == f"refused: {folder / 'config.json'}: a named pipe, not a regular file"
+    (folder / "config.json").unlink()
+    shutil.copy(shapes_model / "config.json", folder / "config.json")
+    (folder / "model.safetensors").unlink()
+    (folder / "model.safetensors").symlink_to("/dev/zero")
+    with pytest.raises(CheckpointError, match=r"model.safetensors: a device, not a regular file"):
+        Captioner.from_pretrained(folder)
+    (folder / "model.safetensors").unlink()
+    (folder / "model.safetensors").mkdir()
+    with pytest.raises(CheckpointError, match=r"model.safetensors: a folder, not a regular file"):
+        Captioner.from_pretrained(folder)
+
+
+def test_a_huge_config_file_is_not_read(shapes_model, tmp_path):
+    folder = copy_of(shapes_model, tmp_path)
+    with open(folder / "config.json", "wb") as f:
+        f.truncate(2**40)  # a terabyte, sparse: takes no disk, and reading it would never end
+    with pytest.raises(CheckpointError, match=r"config.json: 1,099,511,627,776 bytes is more than a JSON file"):
+        Captioner.from_pretrained(folder)
+
+
+def test_a_safetensors_header_that_claims_more_than_the_file_holds(shapes_model, tmp_path):
+    folder = copy_of(shapes_model, tmp_path)
+    weights = load_file(folder / "model.safetensors")
+    weights["decoder.ln_f.weight"] = torch.ones(10**7)  # written in full, then the file is cut short
+    save_file(weights, folder / "model.safetensors")
+    with open(folder / "model.safetensors", "r+b") as f:
+        f.truncate(os.path.getsize(folder / "model.safetensors") - 30_000_000)
+    with pytest.raises(CheckpointError, match=r"model.safetensors: not a readable safetensors file"):
+        Captioner.from_pretrained(folder)
+
+
+def test_a_checkpoint_whose_tensor_repeats_one_value_is_refused(tmp_path):
+    """A view with stride 0 (torch.expand) is stored as its few real values: a file of kilobytes whose
+    tensor unfolds into gigabytes when the loader copies it. The ClipCap loader met such a file."""
+    state = {"gpt.transformer.wte.weight": torch.zeros(1, 768).expand(1_300_000, 768),  # 4 GB once copied
+             "clip_project.model.0.weight": torch.zeros(2, 2)}
+    torch.save(state, tmp_path / "coco_weights.pt")
+    assert os.path.getsize(tmp_path / "coco_weights.pt") < 100_000
+    line, peak = load_in_child(tmp_path / "coco_weights.pt", "load_clipcap_decoder(path)")
+    assert line.startswith(f"refused: {tmp_path / 'coco_weights.pt'}: refused: tensor gpt.transformer.wte.weight "
+                           "reuses its stored values"), line
+    assert peak < SAFE_PEAK_GB
+    state = {"model": {"x": torch.zeros(1).expand(10**9)}, "model_config": {}, "tokenizer": {}, "preprocess": {}}
+    torch.save(state, tmp_path / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match=r"checkpoint.pt: refused: tensor model\['x'\] reuses its stored"):
+        Captioner.from_pretrained(tmp_path / "checkpoint.pt")
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c["tokenizer"].update(words=c["tokenizer"]["words"][:-3]),
+     "the tokenizer cannot write every one of the model's"),
+    (lambda c: c["preprocess"].update(std=[0, 0, 0]), "pixels that are not finite numbers (a std of 0?)"),
+    (lambda c: c["preprocess"].update(image_size=64), "its preprocessing makes (3, 64, 64) pixels"),
+    (lambda c: c["preprocess"].update(mean="grey"), "its preprocessing cannot prepare an image"),
+    (lambda c: c["model"]["vit"].update(norm_eps=-1e-5), "norm_eps must be a number from 1e-30 to 1.0"),
+    (lambda c: c["model"]["decoder"].update(heads=5), "is not divisible by heads 5"),
+    (lambda c: c["model"]["decoder"].update(prefix_mapper="lstm"), "prefix_mapper must be one of"),
+], ids=["tokenizer shorter than the vocabulary", "std 0", "another image size", "a mean that is not numbers",
+        "negative eps", "heads", "an unknown mapper"])
+def test_a_model_that_could_not_caption_is_refused_at_load(shapes_model, tmp_path, edit, message):
+    """Each of these loaded before and then answered every request with an error."""
+    folder = copy_of(shapes_model, tmp_path, edit)
+    with pytest.raises(CheckpointError) as error:
+        Captioner.from_pretrained(folder)
+    text = str(error.value)
+    assert message in text and "\n" not in text and str(folder / "config.json") in text, text
+
+
+HOSTILE = [0, -1, 10**12, 0.5, float("nan"), "7", None, [], True]
+
+
+def test_no_single_hostile_value_in_config_json_gives_a_traceback(shapes_model, tmp_path, scene_image):
+    """Every field of the model's config set to each hostile value in turn: each folder is refused in one
+    line naming config.json, or loads and captions."""
+    base = json.loads((shapes_model / "config.json").read_text())
+    folder = copy_of(shapes_model, tmp_path)
+    outcomes = {"refused": 0, "captions": 0}
+    for part in ("vit", "decoder"):
+        for field in base["model"][part]:
+            for value in HOSTILE:
+                config = json.loads(json.dumps(base))
+                config["model"][part][field] = value
+                (folder / "config.json").write_text(json.dumps(config))
+                try:
+                    captioner = Captioner.from_pretrained(folder)
+                except CheckpointError as e:
+                    assert "\n" not in str(e) and str(folder) in str(e), (part, field, value, str(e))
+                    outcomes["refused"] += 1
+                    continue
+                assert isinstance(captioner.caption(scene_image), str), (part, field, value)
+                outcomes["captions"] += 1
+    assert outcomes["refused"] > 100 and outcomes["captions"] > 5, outcomes
+
+
+@pytest.fixture
+def scene_image():
+    return Image.new("RGB", (40, 30), (200, 40, 40))
