@@ -31,15 +31,15 @@ from captioner.api import Captioner, hub_download
 from captioner.flags import add_dataclass_flags, shown
 from captioner.train_config import DERIVED, PRESETS, TrainConfig, config_with
 from data.batches import epoch_batches, make_pairs
-from data.captions import check_images, read_captions
+from data.captions import CaptionFileError, check_images, read_captions
 from data.gpt2_bpe import GPT2Tokenizer
-from data.images import CLIP_MEAN, CLIP_STD
+from data.images import CLIP_MEAN, CLIP_STD, ImageError
 from data.sources import (CachedFeatureSource, batches_by_length, caption_splits, get_batch, load_image_rows,
                           load_shapes)
 from data.tokenizer import build_tokenizer, tokenizer_from_dict
 from metrics import ptb_tokenize, score_captions
 from model.caption_model import build_caption_model
-from model.checkpoint import CheckpointError, load_checkpoint, pick_device, save_checkpoint
+from model.checkpoint import CheckpointError, check_fits, load_checkpoint, model_config, pick_device, save_checkpoint
 from model.decoder import DecoderConfig
 from model.hugging_face import gpt2_captioning_decoder, load_gpt2_weights
 from model.training import autocast_dtype, evaluate_loss, train_step
@@ -99,12 +99,17 @@ def parse_args(argv=None):
 # Data: each split is a list of images (a row in the image source) with their reference captions.
 
 
-def load_data(config, device, rank=0, world=1):
+def load_data(config, device, rank=0, world=1, encoder=None):
     """(splits, source, frozen_vit): the built-in shapes or a caption file; frozen_vit is the CLIP encoder
     the cached features came from (kept in the checkpoint), or None for a scratch ViT. rank of world
-    processes: the feature extraction is split between them."""
+    processes: the feature extraction is split between them. encoder: a resumed run's CLIP weights (its
+    checkpoint's), used instead of loading them, so --resume never downloads."""
     if config.data == "shapes":
         counts = {"train": config.shapes_train, "val": config.shapes_val, "test": config.shapes_test}
+        for split, name in (("train", "training"), ("val", "validation")):
+            if counts[split] < 1:
+                raise SystemExit(f"error: --shapes-{split} {counts[split]}: the {name} split is empty; it needs "
+                                 "at least one scene")
         splits, source = load_shapes(counts, config.vit.image_size, config.seed, config.train_on_all_references)
         return splits, source, None
     captions = read_captions(config.data, seed=config.seed)
@@ -117,8 +122,10 @@ def load_data(config, device, rank=0, world=1):
         from data.features import extract_features
         from model.clip import load_clip_vit
 
-        pretrained = None if config.clip_pretrained == "none" else config.clip_pretrained
+        pretrained = None if config.clip_pretrained == "none" or encoder else config.clip_pretrained
         frozen_vit, preprocess = load_clip_vit(config.clip_model, pretrained)
+        if encoder:
+            frozen_vit.load_state_dict(encoder)
         # On a CPU the encoder's threads already use every core: loader workers only compete with them
         # (bench/feature_extraction.py: 2 workers ran at 0.88x of none on 2 cores). On a GPU they feed it.
         workers = 0 if device.type == "cpu" else min(8, os.cpu_count() or 1)
@@ -253,10 +260,26 @@ def checkpoint_state(model, optimizer, scaler, config, tokenizer, step, preproce
     }
 
 
+def read_metrics(log_path):
+    """metrics.jsonl's records. A line that is not JSON (the last one, cut short when a run was killed while
+    writing it) is left out with a warning naming it, never a crash: the run's model matters more."""
+    rows = []
+    for n, line in enumerate(Path(log_path).read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if isinstance(row, dict):
+            rows.append(row)
+        elif line.strip():
+            print(f"warning: {log_path}, line {n}: not a JSON record (cut short?); left out of the loss curve")
+    return rows
+
+
 def write_loss_curve(log_path, png_path):
     from matplotlib.figure import Figure  # no pyplot: leaves a notebook's plotting backend alone
 
-    rows = [json.loads(line) for line in open(log_path)]
+    rows = read_metrics(log_path)
     train = [(r["step"], r["train_loss"]) for r in rows if "train_loss" in r]
     val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
     fig = Figure(figsize=(6, 3.5))
@@ -280,13 +303,16 @@ def write_loss_curve(log_path, png_path):
 
 def main(argv=None):
     config = parse_args(argv)
-    if not config.student_code:
-        return train(config)
-    from exercises import student_code, use_student_code
+    try:
+        if not config.student_code:
+            return train(config)
+        from exercises import student_code, use_student_code
 
-    with use_student_code(student_code(config.student_code, config.student_dir)):
-        print(f"training with your code from {config.student_dir}/ for: {config.student_code}")
-        return train(config)
+        with use_student_code(student_code(config.student_code, config.student_dir)):
+            print(f"training with your code from {config.student_dir}/ for: {config.student_code}")
+            return train(config)
+    except (CaptionFileError, ImageError) as e:  # the data: one line naming the file, no traceback
+        raise SystemExit(f"error: {e}") from None
 
 
 def train(config):
@@ -300,6 +326,7 @@ def train(config):
             saved = dict(resumed["train_config"], resume=True, stop_after=config.stop_after,
                          progress_every=config.progress_every)  # how to show this run, not what it learns
             config = TrainConfig.from_dict(saved, f"{checkpoint_path}, train_config")  # the settings it started with
+            config = dataclasses.replace(config, download=False)  # --resume never downloads: all is in the checkpoint
         except (CheckpointError, ValueError, KeyError) as e:
             raise SystemExit(f"error: {e}" if not isinstance(e, KeyError) else
                              f"error: {checkpoint_path}: not a training checkpoint (no {e})") from None
@@ -308,20 +335,31 @@ def train(config):
     lead = rank == 0  # process 0 alone validates, prints, logs and writes files
     out.mkdir(parents=True, exist_ok=True)
 
-    splits, source, frozen_vit = load_data(config, device, rank, world)
+    encoder = resumed and {k[len("encoder."):]: v for k, v in resumed["model"].items() if k.startswith("encoder.")}
+    splits, source, frozen_vit = load_data(config, device, rank, world, encoder)
+    if not len(splits["val"].rows):
+        raise SystemExit(f"error: {config.data}: the validation split is empty; training validates after every "
+                         "epoch (give the file a 'val' split, or fewer images a split of their own)")
     train_captions = [c for caps in splits["train"].targets for c in caps]
     try:
-        if config.gpt2 and not Path(config.gpt2).is_dir():  # a hub name, and the user asked for it (--download)
-            config = dataclasses.replace(config, gpt2=str(hub_download(config.gpt2)))
-        tokenizer = (tokenizer_from_dict(resumed["tokenizer"]) if resumed else GPT2Tokenizer.from_folder(config.gpt2)
-                     if config.gpt2 else build_tokenizer(config.tokenizer, train_captions, config.min_count))
-        decoder_config = gpt2_captioning_decoder(config.gpt2, config.decoder) if config.gpt2 else config.decoder
+        if resumed is not None:  # the tokenizer and the decoder's shape come from the checkpoint, not --gpt2
+            tokenizer = tokenizer_from_dict(resumed["tokenizer"], f"{checkpoint_path}, tokenizer")
+            decoder_config = model_config(resumed["model_config"], f"{checkpoint_path}, model_config").decoder
+        else:
+            if config.gpt2 and not Path(config.gpt2).is_dir():  # a hub name, and the user asked for it (--download)
+                config = dataclasses.replace(config, gpt2=str(hub_download(config.gpt2)))
+            tokenizer = (GPT2Tokenizer.from_folder(config.gpt2) if config.gpt2 else
+                         build_tokenizer(config.tokenizer, train_captions, config.min_count))
+            decoder_config = gpt2_captioning_decoder(config.gpt2, config.decoder) if config.gpt2 else config.decoder
         model = build_caption_model(config.vit, decoder_config, tokenizer.vocab_size, frozen_vit).to(device)
-        if config.gpt2 and resumed is None:  # a resumed run's weights come from its checkpoint
+        if resumed is not None:
+            check_fits(model.config, {k: v.shape for k, v in resumed["model"].items()}, f"{checkpoint_path}, model_config",
+                       checkpoint_path)
+        elif config.gpt2:
             fresh = load_gpt2_weights(model.decoder, config.gpt2)
             if lead:
                 print(f"decoder from {config.gpt2}; new, trained from scratch: {describe_fresh(fresh)}")
-    except ValueError as e:  # a GPT-2 folder that cannot be used: one line naming the file
+    except ValueError as e:  # a GPT-2 folder or a checkpoint that cannot be used: one line naming the file
         raise SystemExit(f"error: {e}") from None
     params = trainable_parameters(model, config.train_only)
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -420,8 +458,11 @@ def train(config):
     bar.close()
     if not lead:
         return finish(model, world)
-    write_loss_curve(log_path, out / "loss_curve.png")
-    captioner.save_pretrained(out / "model")
+    captioner.save_pretrained(out / "model")  # first: nothing after it can lose the model
+    try:
+        write_loss_curve(log_path, out / "loss_curve.png")
+    except (OSError, ValueError) as e:  # a picture, not worth the run
+        print(f"warning: no loss curve ({e})")
 
     test = splits["test"] if len(splits["test"].rows) else splits["val"]
     captions = captioner.caption_source(source, test.rows)

@@ -56,7 +56,10 @@ def read_karpathy(path, data):
     for i, image in enumerate(data["images"]):
         if "filename" not in image or "sentences" not in image:
             raise CaptionFileError(f"{path}: images[{i}] lacks 'filename' or 'sentences'")
-        for sentence in image["sentences"]:
+        for j, sentence in enumerate(image["sentences"]):
+            if not isinstance(sentence, dict):
+                raise CaptionFileError(f"{path}: images[{i}].sentences[{j}] is {type(sentence).__name__} "
+                                       f"{str(sentence)[:40]!r}; expected {{\"raw\": \"the caption\"}}")
             add(captions, path, f"images[{i}]", image["filename"], sentence.get("raw", ""))
         split = image.get("split")
         splits[image["filename"]] = "train" if split == "restval" else split
@@ -80,10 +83,15 @@ def read_json(path, text):
     except json.JSONDecodeError as e:
         raise CaptionFileError(f"{path}, line {e.lineno}: not valid JSON ({e.msg})") from None
     if isinstance(data, dict) and isinstance(data.get("images"), list):
-        if "annotations" in data:
-            return read_coco(path, data)
-        if all("sentences" in image for image in data["images"][:1]):
-            return read_karpathy(path, data)
+        try:
+            if "annotations" in data:
+                return read_coco(path, data)
+            if all("sentences" in image for image in data["images"][:1]):
+                return read_karpathy(path, data)
+        except (AttributeError, TypeError, KeyError) as e:  # a value of the wrong kind somewhere in the file
+            raise CaptionFileError(f"{path}: an entry of an unexpected shape ({type(e).__name__}: {str(e)[:60]})"
+                                   f"; see the {'COCO' if 'annotations' in data else 'Karpathy'} layout in "
+                                   "data/captions.py") from None
     raise CaptionFileError(f"{path}: JSON that is neither a Karpathy split file ('images' with 'sentences') "
                            "nor a COCO captions file ('images' and 'annotations')")
 

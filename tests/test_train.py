@@ -149,7 +149,7 @@ def test_scratch_encoder_on_a_caption_file(photo_folder, tmp_path):
 def test_missing_images_stop_the_run_with_a_count(photo_folder, tmp_path):
     folder, captions = photo_folder
     (folder / "3.jpg").unlink()
-    with pytest.raises(Exception, match=r"1 of 13 captioned images are missing \(first: 3.jpg\)"):
+    with pytest.raises(SystemExit, match=r"1 of 13 captioned images are missing \(first: 3.jpg\)"):
         run(tmp_path, "m", "--data", str(captions), "--images", str(folder))
 
 

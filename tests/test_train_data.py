@@ -1,0 +1,108 @@
+"""Training data and runs as careless hands leave them: each data error stops train.py with one line naming
+the file (no traceback), an empty split is refused before any training, and a torn metrics.jsonl or a
+checkpoint naming a model on the hub never costs the run its model or reaches for the network."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+import train
+from test_train import TINY, photo_folder, run  # noqa: F401 - photo_folder is a fixture
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def one_line_error(tmp_path, *args):
+    with pytest.raises(SystemExit) as stop:
+        run(tmp_path, "run", *args)
+    message = str(stop.value.code)
+    assert message.startswith("error: ") and "\n" not in message, message
+    return message
+
+
+def test_a_caption_file_that_is_not_json_stops_with_one_line_as_a_user_sees_it(photo_folder, tmp_path):
+    folder, _ = photo_folder
+    (tmp_path / "captions.json").write_text('{"images": [{"filename": "0.jpg",')
+    out = subprocess.run([sys.executable, "train.py", "--data", str(tmp_path / "captions.json"), "--images",
+                          str(folder), "--out", str(tmp_path / "run")], capture_output=True, text=True, cwd=ROOT,
+                         timeout=120)
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 1 and len(lines) == 1, out.stderr
+    assert lines[0].startswith(f"error: {tmp_path / 'captions.json'}, line 1: not valid JSON (Expecting"), lines
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda images: images[0].update(sentences=["A red picture."]),
+     "images[0].sentences[0] is str 'A red picture.'; expected {\"raw\": \"the caption\"}"),
+    (lambda images: images[1].update(sentences=[{"raw": 7}]), "an entry of an unexpected shape"),
+    (lambda images: images[2].update(filename=None), "an entry of an unexpected shape"),
+    (lambda images: images.__setitem__(3, "3.jpg"), "images[3] lacks 'filename' or 'sentences'"),
+], ids=["a sentence that is a string", "a caption that is a number", "no file name", "an image that is a string"])
+def test_a_caption_file_of_the_wrong_shape_gets_one_line_naming_it(photo_folder, tmp_path, edit, message):
+    folder, captions = photo_folder
+    data = json.loads(captions.read_text())
+    edit(data["images"])
+    captions.write_text(json.dumps(data))
+    assert message in one_line_error(tmp_path, "--data", str(captions), "--images", str(folder))
+
+
+def test_an_empty_validation_split_is_refused_before_training(photo_folder, tmp_path):
+    folder, captions = photo_folder
+    data = json.loads(captions.read_text())
+    for image in data["images"]:
+        image["split"] = "train"
+    captions.write_text(json.dumps(data))
+    message = one_line_error(tmp_path, "--data", str(captions), "--images", str(folder))
+    assert "the validation split is empty" in message and str(captions) in message
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()  # stopped before the first step
+    assert "the validation split is empty" in one_line_error(tmp_path, "--shapes-val", "0")
+
+
+def test_a_torn_metrics_line_costs_a_warning_not_the_model(tmp_path, capsys):
+    run(tmp_path, "torn", "--stop-after", "11")
+    log = tmp_path / "torn" / "metrics.jsonl"
+    with open(log, "a") as f:
+        f.write('{"step": 12, "epoch": 2, "train_lo')  # the run was killed while writing this line
+    train.main(["--out", str(tmp_path / "torn"), "--resume"])
+    assert "metrics.jsonl, line 12: not a JSON record (cut short?)" in capsys.readouterr().out
+    assert (tmp_path / "torn" / "model" / "model.safetensors").exists()
+    assert (tmp_path / "torn" / "loss_curve.png").exists()
+
+
+def test_resume_never_downloads(photo_folder, tmp_path, monkeypatch):
+    """A checkpoint whose settings name a hub model with download on, and OpenCLIP's downloadable weights:
+    --resume takes everything from the checkpoint and opens no connection."""
+    folder, captions = photo_folder
+    args = ["--data", str(captions), "--images", str(folder), "--encoder", "clip", "--clip-model", "ViT-S-32",
+            "--clip-pretrained", "none", "--feature-cache", str(tmp_path / "cache"), "--decoder-width", "32",
+            "--decoder-layers", "1", "--decoder-heads", "2", "--epochs", "2", "--batch-size", "6",
+            "--warmup-steps", "1", "--out", str(tmp_path / "c")]
+    train.main(args + ["--stop-after", "1"])
+    path = tmp_path / "c" / "checkpoint.pt"
+    state = torch.load(path, weights_only=True)
+    state["train_config"].update(clip_pretrained="openai", gpt2="distilgpt2", download=True)
+    torch.save(state, path)
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("--resume reached for the network")
+
+    import socket
+
+    import model.clip
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(train, "hub_download", no_network)
+    loads = []
+    real = model.clip.load_clip_vit
+    monkeypatch.setattr(model.clip, "load_clip_vit", lambda name, pretrained: loads.append(pretrained) or real(name, pretrained))
+    trained = train.main(["--out", str(tmp_path / "c"), "--resume"])
+    assert loads == [None]  # built empty, then filled with the checkpoint's own CLIP weights
+    for name, weight in state["model"].items():
+        if name.startswith("encoder."):
+            assert torch.equal(trained.state_dict()[name], weight), name
