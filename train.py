@@ -12,7 +12,8 @@ metrics.jsonl and loss_curve.png.
 Several processes: `torchrun --nproc_per_node N train.py ...` (DistributedDataParallel; each process
 takes its share of every batch, process 0 alone validates, logs and writes files).
 
-Reads top to bottom: configuration, data, model, evaluation, checkpoints, the training loop.
+Reads top to bottom: configuration, data, model, evaluation, checkpoints, then the run: set up (start_run),
+the loop (training_loop), the final report (final_report).
 """
 
 import argparse
@@ -21,6 +22,7 @@ import json
 import math
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -315,170 +317,271 @@ def main(argv=None):
         raise SystemExit(f"error: {e}") from None
 
 
-def train(config):
-    started = time.time()
-    out = Path(config.out)
-    checkpoint_path, log_path = out / "checkpoint.pt", out / "metrics.jsonl"
-    resumed = None
-    if config.resume:
-        try:
-            resumed = load_checkpoint(checkpoint_path)
-            saved = dict(resumed["train_config"], resume=True, stop_after=config.stop_after,
-                         progress_every=config.progress_every)  # how to show this run, not what it learns
-            config = TrainConfig.from_dict(saved, f"{checkpoint_path}, train_config")  # the settings it started with
-            config = dataclasses.replace(config, download=False)  # --resume never downloads: all is in the checkpoint
-        except (CheckpointError, ValueError, KeyError) as e:
-            raise SystemExit(f"error: {e}" if not isinstance(e, KeyError) else
-                             f"error: {checkpoint_path}: not a training checkpoint (no {e})") from None
-    torch.manual_seed(config.seed)
-    rank, world, device = start_processes(config)
-    lead = rank == 0  # process 0 alone validates, prints, logs and writes files
-    out.mkdir(parents=True, exist_ok=True)
+@dataclass
+class Run:
+    """What a training run holds while it trains: made by start_run, advanced by the loop, reported at the end."""
 
-    encoder = resumed and {k[len("encoder."):]: v for k, v in resumed["model"].items() if k.startswith("encoder.")}
-    splits, source, frozen_vit = load_data(config, device, rank, world, encoder)
-    if not len(splits["val"].rows):
-        raise SystemExit(f"error: {config.data}: the validation split is empty; training validates after every "
-                         "epoch (give the file a 'val' split, or fewer images a split of their own)")
-    train_captions = [c for caps in splits["train"].targets for c in caps]
+    config: TrainConfig
+    out: Path
+    rank: int  # this process, of `world`; process 0 (the lead) alone validates, prints, logs and writes files
+    world: int
+    device: torch.device
+    splits: dict  # "train", "val", "test": Splits of the image source
+    source: object  # the images (pixels or cached CLIP features) the splits' rows index
+    captioner: Captioner  # the model with its tokenizer and preprocessing: what validation captions with
+    trained: torch.nn.Module  # what the steps run: the model itself, or DDP or torch.compile around it
+    params: list  # the parameters the optimizer updates
+    optimizer: torch.optim.Optimizer
+    scaler: object  # float16's gradient scaler, or None
+    autocast: object  # the mixed-precision dtype, or None
+    train_pairs: list  # (image row, caption token ids)
+    val_pairs: list
+    steps_per_epoch: int
+    step: int = 0
+    best: dict = field(default_factory=lambda: {"score": None, "stale": 0})  # best validation score, validations since
+    started: float = field(default_factory=time.time)
+
+    @property
+    def lead(self):
+        return self.rank == 0
+
+    @property
+    def model(self):
+        return self.captioner.model
+
+    @property
+    def total_steps(self):
+        return self.steps_per_epoch * self.config.epochs
+
+    @property
+    def checkpoint_path(self):
+        return self.out / "checkpoint.pt"
+
+    @property
+    def log_path(self):
+        return self.out / "metrics.jsonl"
+
+
+def train(config):
+    """Set up the run (or resume it), train to the end or until stopped, then report on the test split."""
+    run = start_run(config)
+    if training_loop(run) and run.lead:
+        final_report(run)
+    return finish(run.model, run.world)
+
+
+# -- setting up -------------------------------------------------------------------------------
+
+
+def resume_state(config):
+    """(the configuration to run with, the checkpoint to resume from or None). A resumed run takes the
+    settings it started with, except how it is shown, and never downloads: all it needs is in the checkpoint."""
+    if not config.resume:
+        return config, None
+    path = Path(config.out) / "checkpoint.pt"
+    try:
+        resumed = load_checkpoint(path)
+        saved = dict(resumed["train_config"], resume=True, stop_after=config.stop_after,
+                     progress_every=config.progress_every)  # how to show this run, not what it learns
+        saved = TrainConfig.from_dict(saved, f"{path}, train_config")  # the settings it started with
+    except (CheckpointError, ValueError, KeyError) as e:
+        raise SystemExit(f"error: {e}" if not isinstance(e, KeyError) else
+                         f"error: {path}: not a training checkpoint (no {e})") from None
+    return dataclasses.replace(saved, download=False), resumed
+
+
+def build_model(config, splits, frozen_vit, resumed, device, lead):
+    """(config, tokenizer, model): the tokenizer and model a new run starts from (scratch, or GPT-2's weights
+    with --gpt2), or a resumed run's shape from its checkpoint; config with a downloaded --gpt2's folder."""
     try:
         if resumed is not None:  # the tokenizer and the decoder's shape come from the checkpoint, not --gpt2
-            tokenizer = tokenizer_from_dict(resumed["tokenizer"], f"{checkpoint_path}, tokenizer")
-            decoder_config = model_config(resumed["model_config"], f"{checkpoint_path}, model_config").decoder
+            where = Path(config.out) / "checkpoint.pt"
+            tokenizer = tokenizer_from_dict(resumed["tokenizer"], f"{where}, tokenizer")
+            decoder_config = model_config(resumed["model_config"], f"{where}, model_config").decoder
         else:
             if config.gpt2 and not Path(config.gpt2).is_dir():  # a hub name, and the user asked for it (--download)
                 config = dataclasses.replace(config, gpt2=str(hub_download(config.gpt2)))
+            train_captions = [c for caps in splits["train"].targets for c in caps]
             tokenizer = (GPT2Tokenizer.from_folder(config.gpt2) if config.gpt2 else
                          build_tokenizer(config.tokenizer, train_captions, config.min_count))
             decoder_config = gpt2_captioning_decoder(config.gpt2, config.decoder) if config.gpt2 else config.decoder
         model = build_caption_model(config.vit, decoder_config, tokenizer.vocab_size, frozen_vit).to(device)
         if resumed is not None:
-            check_fits(model.config, {k: v.shape for k, v in resumed["model"].items()}, f"{checkpoint_path}, model_config",
-                       checkpoint_path)
+            check_fits(model.config, {k: v.shape for k, v in resumed["model"].items()}, f"{where}, model_config", where)
         elif config.gpt2:
             fresh = load_gpt2_weights(model.decoder, config.gpt2)
             if lead:
                 print(f"decoder from {config.gpt2}; new, trained from scratch: {describe_fresh(fresh)}")
     except ValueError as e:  # a GPT-2 folder or a checkpoint that cannot be used: one line naming the file
         raise SystemExit(f"error: {e}") from None
+    return config, tokenizer, model
+
+
+def start_run(config):
+    """Everything the loop needs: processes, data, model, optimizer; a resumed run's state restored."""
+    config, resumed = resume_state(config)
+    torch.manual_seed(config.seed)
+    rank, world, device = start_processes(config)
+    Path(config.out).mkdir(parents=True, exist_ok=True)
+    encoder = resumed and {k[len("encoder."):]: v for k, v in resumed["model"].items() if k.startswith("encoder.")}
+    splits, source, frozen_vit = load_data(config, device, rank, world, encoder)
+    if not len(splits["val"].rows):
+        raise SystemExit(f"error: {config.data}: the validation split is empty; training validates after every "
+                         "epoch (give the file a 'val' split, or fewer images a split of their own)")
+    config, tokenizer, model = build_model(config, splits, frozen_vit, resumed, device, rank == 0)
     params = trainable_parameters(model, config.train_only)
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     autocast = autocast_dtype(device, config.amp)  # bfloat16, float16 (a GPU without bfloat16) or None
-    scaler = torch.amp.GradScaler(device.type) if autocast == torch.float16 else None
     preprocess = ({"kind": "squash", "image_size": config.vit.image_size, "mean": CLIP_MEAN, "std": CLIP_STD}
                   if frozen_vit is None else dict(frozen_vit.preprocess_cfg, kind="openclip"))
-    captioner = Captioner(model, tokenizer, preprocess)
-    trained = model  # what the optimisation steps run: the model itself, or DDP around it on several processes
+    max_len = model.decoder.config.max_caption  # captions are cut to what the positions hold
+    train_pairs = make_pairs(splits["train"].rows, splits["train"].targets, tokenizer, max_len)
+    run = Run(config, Path(config.out), rank, world, device, splits, source, Captioner(model, tokenizer, preprocess),
+              wrapped(model, config, device, world), params,
+              torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay),
+              torch.amp.GradScaler(device.type) if autocast == torch.float16 else None, autocast, train_pairs,
+              make_pairs(splits["val"].rows, splits["val"].targets, tokenizer, max_len),  # what is taught
+              len(train_pairs) // config.batch_size)
+    if resumed is not None:
+        restore(run, resumed)
+    elif run.log_path.exists() and run.lead:
+        run.log_path.unlink()  # a fresh run starts a fresh log
+    if run.lead:
+        print(f"{len(train_pairs):,} training captions, {len(splits['val'].rows):,} validation images, "
+              f"vocabulary {tokenizer.vocab_size:,}, {sum(p.numel() for p in params) / 1e6:.2f}M trainable "
+              f"parameters, {device}" + (f", {world} processes" if world > 1 else ""))
+    return run
+
+
+def wrapped(model, config, device, world):
+    """What the optimisation steps run: the model, in DistributedDataParallel on several processes, compiled
+    with --compile. Checkpoints always hold the plain model's state_dict()."""
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if config.compile:
-        trained = torch.compile(trained)  # checkpoints still hold the plain model's state_dict()
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return torch.compile(model) if config.compile else model
 
-    max_len = model.decoder.config.max_caption  # captions are cut to what the positions hold
-    train_pairs = make_pairs(splits["train"].rows, splits["train"].targets, tokenizer, max_len)
-    val_pairs = make_pairs(splits["val"].rows, splits["val"].targets, tokenizer, max_len)  # what is taught
-    steps_per_epoch = len(train_pairs) // config.batch_size
-    total_steps = steps_per_epoch * config.epochs
-    step = 0
-    best = {"score": None, "stale": 0}  # best validation score of config.best_metric, validations since it
-    if resumed is not None:
-        model.load_state_dict(resumed["model"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        if scaler is not None and resumed.get("scaler"):
-            scaler.load_state_dict(resumed["scaler"])
-        step, best = resumed["step"], resumed.get("best", best)  # checkpoints before best models had none
-        torch.set_rng_state(resumed["rng"])
-        if resumed["cuda_rng"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(resumed["cuda_rng"])
-        if lead:
-            print(f"resumed from {checkpoint_path} at step {step}")
-    elif log_path.exists() and lead:
-        log_path.unlink()  # a fresh run starts a fresh log
-    n_params = sum(p.numel() for p in params)
-    if lead:
-        print(f"{len(train_pairs):,} training captions, {len(splits['val'].rows):,} validation images, "
-              f"vocabulary {tokenizer.vocab_size:,}, {n_params / 1e6:.2f}M trainable parameters, {device}"
-              + (f", {world} processes" if world > 1 else ""))
 
-    model.train()
+def restore(run, resumed):
+    """A resumed run's weights, optimizer, loss scale, step, best score and random state, as they were saved."""
+    run.model.load_state_dict(resumed["model"])
+    run.optimizer.load_state_dict(resumed["optimizer"])
+    if run.scaler is not None and resumed.get("scaler"):
+        run.scaler.load_state_dict(resumed["scaler"])
+    run.step, run.best = resumed["step"], resumed.get("best", run.best)  # checkpoints before best models had none
+    torch.set_rng_state(resumed["rng"])
+    if resumed["cuda_rng"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(resumed["cuda_rng"])
+    if run.lead:
+        print(f"resumed from {run.checkpoint_path} at step {run.step}")
+
+
+# -- the loop ---------------------------------------------------------------------------------
+
+
+def training_loop(run):
+    """Step until the last epoch ends (True), or until --stop-after or patience stops the run (False)."""
+    config = run.config
+    run.model.train()
     order = None  # this epoch's batches, made when an epoch starts (or a resumed run starts inside one)
-    bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=not lead,
+    bar = tqdm(total=run.total_steps, initial=run.step, desc="train", unit="step", disable=not run.lead,
                mininterval=config.progress_every)
-    while step < total_steps:
-        epoch, offset = divmod(step, steps_per_epoch)
+    while run.step < run.total_steps:
+        epoch, offset = divmod(run.step, run.steps_per_epoch)
         if offset == 0 or order is None:
-            order = epoch_batches(train_pairs, config.batch_size, config.seed, epoch, config.group_by_length)
-        rows = order[offset].tolist()  # the global batch: the same on every process
-        mine = rows[rank * len(rows) // world : (rank + 1) * len(rows) // world]  # this process's share
-        batch = get_batch([train_pairs[i] for i in mine], source, tokenizer.pad_id, device)
-        batch_tokens = sum(len(train_pairs[i][1]) - 1 for i in rows)  # predicted tokens in the global batch
-        loss = train_step(trained, optimizer, params, batch, lr_at(step, config, total_steps), config.grad_clip,
-                          config.label_smoothing, autocast, config.grad_accum, batch_tokens, world, scaler)
-        if world > 1:
-            torch.distributed.all_reduce(loss)  # the shares' losses add up to the global batch's mean
-        step += 1
-        bar.set_postfix(loss=f"{loss.item():.3f}", epoch=epoch + 1, refresh=False)  # drawn by update()
+            order = epoch_batches(run.train_pairs, config.batch_size, config.seed, epoch, config.group_by_length)
+        loss = training_step(run, order[offset].tolist())
+        run.step += 1
+        bar.set_postfix(loss=f"{loss:.3f}", epoch=epoch + 1, refresh=False)  # drawn by update()
         bar.update(1)
-        record = {"step": step, "epoch": epoch + 1, "train_loss": round(loss.item(), 5),
-                  "lr": optimizer.param_groups[0]["lr"]}
-        epoch_end = step % steps_per_epoch == 0
-        patience_ran_out = False
-        if epoch_end and lead:
-            scores, summary = validate(captioner, source, splits["val"], val_pairs, config, device)
-            record.update(scores)
-            score = scores[BEST_METRICS[config.best_metric]]
-            if is_better(config.best_metric, score, best["score"]):
-                best = {"score": score, "stale": 0}
-                captioner.save_pretrained(out / "best")  # the best model so far, kept beside the last one
-                record["best"] = True
-                summary += f"; best {config.best_metric} so far, kept in {out / 'best'}"
-            else:
-                best["stale"] += 1
-                patience_ran_out = config.patience and best["stale"] >= config.patience
-            tqdm.write(f"epoch {epoch + 1}: {summary}  ({time.time() - started:.0f}s)")
-        stopping = config.stop_after and step >= config.stop_after
-        if lead:
-            with open(log_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            if epoch_end or step % config.checkpoint_every == 0 or step == total_steps or stopping:
-                save_checkpoint(checkpoint_path,
-                                checkpoint_state(model, optimizer, scaler, config, tokenizer, step, preprocess, best))
+        record = {"step": run.step, "epoch": epoch + 1, "train_loss": round(loss, 5),
+                  "lr": run.optimizer.param_groups[0]["lr"]}
+        epoch_end = run.step % run.steps_per_epoch == 0
+        patience_ran_out = epoch_end and run.lead and end_of_epoch(run, record, epoch)
+        stopping = config.stop_after and run.step >= config.stop_after
+        if run.lead:
+            log_and_checkpoint(run, record, epoch_end or stopping)
         if stopping:
             bar.close()
-            if lead:
-                print(f"stopped after step {step}; continue with --resume")
-            return finish(model, world)
-        if epoch_end and everyone_stops(patience_ran_out, world):
-            if lead:
+            if run.lead:
+                print(f"stopped after step {run.step}; continue with --resume")
+            return False
+        if epoch_end and everyone_stops(patience_ran_out, run.world):
+            if run.lead:
                 tqdm.write(f"no better {config.best_metric} in {config.patience} validations: stopping early "
-                           f"(the best model is in {out / 'best'})")
+                           f"(the best model is in {run.out / 'best'})")
             break
     bar.close()
-    if not lead:
-        return finish(model, world)
-    captioner.save_pretrained(out / "model")  # first: nothing after it can lose the model
+    return True
+
+
+def training_step(run, rows):
+    """One optimisation step on the global batch `rows` (this process takes its share): the batch's loss."""
+    mine = rows[run.rank * len(rows) // run.world : (run.rank + 1) * len(rows) // run.world]  # this process's share
+    batch = get_batch([run.train_pairs[i] for i in mine], run.source, run.captioner.tokenizer.pad_id, run.device)
+    batch_tokens = sum(len(run.train_pairs[i][1]) - 1 for i in rows)  # predicted tokens in the global batch
+    c = run.config
+    loss = train_step(run.trained, run.optimizer, run.params, batch, lr_at(run.step, c, run.total_steps), c.grad_clip,
+                      c.label_smoothing, run.autocast, c.grad_accum, batch_tokens, run.world, run.scaler)
+    if run.world > 1:
+        torch.distributed.all_reduce(loss)  # the shares' losses add up to the global batch's mean
+    return loss.item()
+
+
+def end_of_epoch(run, record, epoch):
+    """Validate (process 0), add the scores to `record`, keep the best model; whether patience ran out."""
+    config = run.config
+    scores, summary = validate(run.captioner, run.source, run.splits["val"], run.val_pairs, config, run.device)
+    record.update(scores)
+    score = scores[BEST_METRICS[config.best_metric]]
+    patience_ran_out = False
+    if is_better(config.best_metric, score, run.best["score"]):
+        run.best = {"score": score, "stale": 0}
+        run.captioner.save_pretrained(run.out / "best")  # the best model so far, kept beside the last one
+        record["best"] = True
+        summary += f"; best {config.best_metric} so far, kept in {run.out / 'best'}"
+    else:
+        run.best["stale"] += 1
+        patience_ran_out = bool(config.patience and run.best["stale"] >= config.patience)
+    tqdm.write(f"epoch {epoch + 1}: {summary}  ({time.time() - run.started:.0f}s)")
+    return patience_ran_out
+
+
+def log_and_checkpoint(run, record, due):
+    """Append the step's record to metrics.jsonl; write the checkpoint when `due`, every --checkpoint-every
+    steps and at the last step."""
+    with open(run.log_path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+    if due or run.step % run.config.checkpoint_every == 0 or run.step == run.total_steps:
+        state = checkpoint_state(run.model, run.optimizer, run.scaler, run.config, run.captioner.tokenizer, run.step,
+                                 run.captioner.preprocess, run.best)
+        save_checkpoint(run.checkpoint_path, state)
+
+
+# -- the final report -------------------------------------------------------------------------
+
+
+def final_report(run):
+    """Write the model folder (first: nothing after it can lose it), the loss curve, and the test split's scores."""
+    run.captioner.save_pretrained(run.out / "model")
     try:
-        write_loss_curve(log_path, out / "loss_curve.png")
+        write_loss_curve(run.log_path, run.out / "loss_curve.png")
     except (OSError, ValueError) as e:  # a picture, not worth the run
         print(f"warning: no loss curve ({e})")
-
-    test = splits["test"] if len(splits["test"].rows) else splits["val"]
-    captions = captioner.caption_source(source, test.rows)
+    test = run.splits["test"] if len(run.splits["test"].rows) else run.splits["val"]
+    name = "test" if test is run.splits["test"] else "val"
+    captions = run.captioner.caption_source(run.source, test.rows)
     exact, scores = caption_scores(captions, test.references)
-    name = "test" if test is splits["test"] else "val"
     print(f"\n{name} split, {len(captions)} images: exact captions {exact:.1%}, "
           + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
     for caption, refs in list(zip(captions, test.references))[:5]:
         print(f"  {caption!r:60}  reference: {refs[0]!r}")
-    summary = {"step": step, f"{name}_exact": exact, **{f"{name}_{k}": v for k, v in scores.items()},
-               "seconds": round(time.time() - started, 1)}
-    with open(log_path, "a") as f:
+    summary = {"step": run.step, f"{name}_exact": exact, **{f"{name}_{k}": v for k, v in scores.items()},
+               "seconds": round(time.time() - run.started, 1)}
+    with open(run.log_path, "a") as f:
         f.write(json.dumps(summary) + "\n")
-    print(f"model: {out / 'model'}  checkpoint: {checkpoint_path}  metrics: {log_path}  "
-          f"loss curve: {out / 'loss_curve.png'}  ({time.time() - started:.0f}s)")
-    return finish(model, world)
+    print(f"model: {run.out / 'model'}  checkpoint: {run.checkpoint_path}  metrics: {run.log_path}  "
+          f"loss curve: {run.out / 'loss_curve.png'}  ({time.time() - run.started:.0f}s)")
 
 
 def finish(model, world):
