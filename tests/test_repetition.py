@@ -136,7 +136,7 @@ def test_penalty_one_and_size_zero_leave_every_method_unchanged():
 
 
 def test_options_refuse_impossible_repetition_settings():
-    with pytest.raises(ValueError, match="repetition_penalty must be above 0"):
+    with pytest.raises(ValueError, match="repetition_penalty must be from 0.001 to 1000.0"):
         DecodingOptions(repetition_penalty=0)
     with pytest.raises(ValueError, match="no_repeat_ngram_size must be 0"):
         DecodingOptions(no_repeat_ngram_size=-1)
