@@ -109,19 +109,8 @@ def extract_features(encoder, preprocess, encoder_name, folder, names, cache_roo
     wait_for_all is a barrier between the processes (torch.distributed.barrier); all return the same cache.
     """
     rank, processes = share
-    digest = weights_digest(encoder)
-    key = cache_key(encoder_name, digest, preprocess)
-    out = Path(cache_root) / key
     names = sorted(names)
-    if (out / "meta.json").exists():
-        if json.loads((out / "names.json").read_text()) != names:
-            raise ValueError(f"{out}: this cache holds features of a different image list; delete it or use "
-                             "another cache folder")
-    elif rank == 0:
-        probe = encoder(preprocess(load_probe_image(folder, names)).unsqueeze(0).to(device))
-        E, (N, C) = probe.pooled.shape[-1], probe.patches.shape[-2:]
-        create_feature_cache(out, names, E, N, C, {"encoder": encoder_name, "weights_sha256": digest,
-                                                   "preprocess": repr(preprocess), "image_folder": str(folder)})
+    out = lay_out_cache(encoder, preprocess, encoder_name, folder, names, cache_root, device, rank)
     wait_for_all()  # the layout exists before any process opens it
     pooled = np.load(out / "pooled.npy", mmap_mode="r+")
     patches = np.load(out / "patches.npy", mmap_mode="r+")
@@ -159,6 +148,23 @@ def extract_features(encoder, preprocess, encoder_name, folder, names, cache_roo
     if failed and rank == 0:
         print(f"{failed} of {len(names)} images could not be read and were skipped")
     return cache
+
+
+def lay_out_cache(encoder, preprocess, encoder_name, folder, names, cache_root, device, rank):
+    """The cache folder for this encoder, weights and preprocessing: created by process 0 with every row
+    pending (its feature shapes probed on the first readable image), or an earlier one for the same images."""
+    digest = weights_digest(encoder)
+    out = Path(cache_root) / cache_key(encoder_name, digest, preprocess)
+    if (out / "meta.json").exists():
+        if json.loads((out / "names.json").read_text()) != names:
+            raise ValueError(f"{out}: this cache holds features of a different image list; delete it or use "
+                             "another cache folder")
+    elif rank == 0:
+        probe = encoder(preprocess(load_probe_image(folder, names)).unsqueeze(0).to(device))
+        E, (N, C) = probe.pooled.shape[-1], probe.patches.shape[-2:]
+        create_feature_cache(out, names, E, N, C, {"encoder": encoder_name, "weights_sha256": digest,
+                                                   "preprocess": repr(preprocess), "image_folder": str(folder)})
+    return out
 
 
 def load_probe_image(folder, names):

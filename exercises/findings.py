@@ -77,33 +77,53 @@ def structural(got, expected, args=(), names="result"):
         return None
     got, expected, name = found
     if got.shape != expected.shape:
-        if sorted(got.shape) == sorted(expected.shape):
-            return (f"{name} has the right sizes in another order, {tuple(got.shape)} instead of "
-                    f"{tuple(expected.shape)}: a transpose or permute is missing, or in the wrong place.")
-        if got.numel() == expected.numel():
-            return f"{name} has the right number of values but shape {tuple(got.shape)}: a view or reshape to the wrong shape."
-        return None
+        return shape_finding(got, expected, name)
     if got.is_complex() or got.dtype != expected.dtype and got.dtype == torch.bool:
         return None
+    for rule in RULES:  # the first rule that fits, most specific first
+        sentence = rule(got, expected, name, args)
+        if sentence:
+            return sentence
+    return None
+
+
+def shape_finding(got, expected, name):
+    if sorted(got.shape) == sorted(expected.shape):
+        return (f"{name} has the right sizes in another order, {tuple(got.shape)} instead of "
+                f"{tuple(expected.shape)}: a transpose or permute is missing, or in the wrong place.")
+    if got.numel() == expected.numel():
+        return f"{name} has the right number of values but shape {tuple(got.shape)}: a view or reshape to the wrong shape."
+    return None
+
+
+def nan_finding(got, expected, name, args):
     nan = torch.isnan(got) & ~torch.isnan(expected) if got.is_floating_point() else torch.zeros(())
     if nan.any():
         return (f"{name} has NaN in {int(nan.sum())} of {got.numel()} places where a number belongs: a softmax "
                 "over a row that is all -inf, 0 / 0, or the square root of a negative number?")
+
+
+def permuted_finding(got, expected, name, args):
     g, e = got.double(), expected.double()
-    finite = torch.isfinite(e) & torch.isfinite(g)
-    if got.dim() > 1:
-        for order in itertools.permutations(range(got.dim())):
-            if order != tuple(range(got.dim())) and g.permute(order).shape == e.shape and close(g.permute(order), e):
-                moved = [i for i, j in enumerate(order) if i != j]
-                return (f"{name} is the expected output with axes {', '.join(map(str, moved))} in another order: "
-                        "a transpose or permute is missing, extra, or on the wrong axes.")
-    if got.is_floating_point() and finite.all() and (e != 0).any():
+    for order in itertools.permutations(range(got.dim())) if got.dim() > 1 else ():
+        if order != tuple(range(got.dim())) and g.permute(order).shape == e.shape and close(g.permute(order), e):
+            moved = [i for i, j in enumerate(order) if i != j]
+            return (f"{name} is the expected output with axes {', '.join(map(str, moved))} in another order: "
+                    "a transpose or permute is missing, extra, or on the wrong axes.")
+
+
+def factor_finding(got, expected, name, args):
+    g, e = got.double(), expected.double()
+    if got.is_floating_point() and (torch.isfinite(e) & torch.isfinite(g)).all() and (e != 0).any():
         c = float((g * e).sum() / (e * e).sum())
         if not math.isclose(c, 1.0, rel_tol=1e-3) and close(g, c * e):
             which = factor_name(c, args)
             return (f"{name} is the expected output times {c:.4g}" + (f" = {which}, a size of the inputs" if which
                     else "") + ": a scale applied twice, missing or wrong.")
-    B = got.size(0)
+
+
+def batch_rows_finding(got, expected, name, args):
+    g, e, B = got.double(), expected.double(), got.size(0)
     if got.dim() > 1 and B > 1:
         match = [next((j for j in range(B) if close(g[b], e[j])), None) for b in range(B)]
         if None not in match and len(set(match)) == 1:
@@ -113,22 +133,37 @@ def structural(got, expected, args=(), names="result"):
             pairs = ", ".join(f"row {b} holds row {j}'s" for b, j in enumerate(match) if b != j)
             return (f"{name}: {pairs}: rows are mixed between batch items (an index, a sort or a view that "
                     "crossed the batch axis).")
-    wrong = ~torch.isclose(g, e, rtol=1e-4, atol=1e-5, equal_nan=True)  # (the shape of got)
+
+
+def wrong_places(got, expected):
+    """Where `got` differs from `expected` (boolean, the shape of got)."""
+    return ~torch.isclose(got.double(), expected.double(), rtol=1e-4, atol=1e-5, equal_nan=True)
+
+
+def masked_finding(got, expected, name, args):
+    wrong = wrong_places(got, expected)
     mask = a_mask(args, got.shape)
-    if mask is not None and not mask.all():
-        if not (wrong & mask).any():
-            return f"{name} differs only where the mask hides keys: a masked key must get exactly 0 (fill its score with -inf before the softmax)."
+    if mask is not None and not mask.all() and not (wrong & mask).any():
+        return f"{name} differs only where the mask hides keys: a masked key must get exactly 0 (fill its score with -inf before the softmax)."
     rows_mask = a_mask(args, got.shape[:-1] + (mask_size(args),)) if mask_size(args) else None
     if rows_mask is not None and not rows_mask.all():
         hidden_rows = ~rows_mask.all(-1)  # query rows whose mask hides some key
         if not (wrong.any(-1) & ~hidden_rows).any():
             return f"{name} differs only in the rows whose mask hides some key: the mask is not applied, or not as True = may attend."
+
+
+def some_rows_finding(got, expected, name, args):
+    B = got.size(0)
     if got.dim() > 1 and B > 1:
-        bad = wrong.reshape(B, -1).any(1)
+        bad = wrong_places(got, expected).reshape(B, -1).any(1)
         if not bad.all():
             rows = [i for i in range(B) if bad[i]]
             return (f"{name} differs only in batch rows {rows} of {B}; the others are right: something depends on "
                     "the row (its length, its mask, its own order) and is taken from another row or ignored.")
+
+
+def positions_finding(got, expected, name, args):
+    wrong = wrong_places(got, expected)
     for axis in range(1, got.dim()):
         n = got.size(axis)
         bad = wrong.transpose(0, axis).reshape(n, -1).any(1)
@@ -139,7 +174,10 @@ def structural(got, expected, args=(), names="result"):
                         "are right (later positions or steps, e.g. those after a cache).")
             if bad[:k].all():
                 return f"{name} differs only in the first {k} of {n} places along axis {axis}; the rest are right."
-    return None
+
+
+RULES = [nan_finding, permuted_finding, factor_finding, batch_rows_finding, masked_finding, some_rows_finding,
+         positions_finding]  # each (got, expected, name, inputs) -> a sentence, or None when it does not fit
 
 
 def mask_size(args):
