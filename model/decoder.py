@@ -204,8 +204,6 @@ class CaptionDecoder(nn.Module):
         self.positional_embedding = nn.Parameter(torch.randn(c.max_len, c.width) * 0.01)
         if c.prefix_len:  # ClipCap's prefix; a plain language model (GPT-2 with cross-attention) has none
             self.prefix = PrefixMapper(c)
-        if c.gpt_prefix and not c.prefix_len:
-            raise ValueError("gpt_prefix (ClipCap's layout) needs a prefix: prefix_len must be above 0")
         if c.cross_attention:
             self.patch_proj = patch_projection(c)
         self.blocks = nn.ModuleList(DecoderBlock(c) for _ in range(c.layers))
@@ -225,26 +223,43 @@ class CaptionDecoder(nn.Module):
         With a `cache`, the first call processes prefix + tokens and later calls only the new tokens.
         Returns DecoderOutput with logits (B, T, V).
         """
-        P = self.config.prefix_len
         first = cache is None or cache.length == 0
         if first and self.config.gpt_prefix:  # ClipCap: the prefix's last position stands for the start token
             tokens, lengths = tokens[:, 1:], lengths - 1 if lengths is not None else None
         position, mask = self_attention_layout(self.config, tokens.size(1), 0 if first else cache.length,
                                                lengths, tokens.device)
-        x = self.token_embedding(tokens) + self.positional_embedding[position : position + tokens.size(1)]  # (B, t, C)
-        if first and P:
-            prefix = self.prefix(clip_embed).to(x.dtype)  # (B, P, C)
-            if self.config.gpt_prefix:
-                prefix = prefix + self.positional_embedding[:P]  # the prefix takes the first positions
-            x = torch.cat([prefix, x], dim=1)  # (B, L, C)
-        memory = None
-        if self.config.cross_attention and first:
-            if patches is None:
-                raise ValueError("this decoder cross-attends to the image: pass its patch tokens")
-            memory = self.patch_proj(patches).to(x.dtype)  # (B, N, C)
+        x = self.embed(tokens, position, clip_embed if first else None)  # (B, L, C), or (B, T, C) on a cached step
+        memory = self.image_memory(patches, x.dtype) if first else None  # a cached step's keys are in the cache
         memory_mask = patch_mask[:, None, None, :] if patch_mask is not None else None  # (B, 1, 1, N)
+        x, self_attn, cross_attn = self.run_blocks(x, memory, mask, memory_mask, cache, return_attn)
+        logits = self.head(x[:, self.caption_start:] if first else x)  # (B, T, V)
+        return DecoderOutput(logits, self_attn, cross_attn) if return_attn else DecoderOutput(logits)
+
+    def embed(self, tokens, position, clip_embed=None):
+        """Token plus position embeddings from `position` on, after the prefix made from clip_embed (a first
+        call): (B, T) -> (B, P + T, C), or (B, T, C) without clip_embed."""
+        x = self.token_embedding(tokens) + self.positional_embedding[position : position + tokens.size(1)]  # (B, T, C)
+        P = self.config.prefix_len
+        if clip_embed is None or not P:
+            return x
+        prefix = self.prefix(clip_embed).to(x.dtype)  # (B, P, C)
+        if self.config.gpt_prefix:
+            prefix = prefix + self.positional_embedding[:P]  # the prefix takes the first positions
+        return torch.cat([prefix, x], dim=1)  # (B, L, C)
+
+    def image_memory(self, patches, dtype):
+        """What cross-attention reads: the patch tokens projected to the decoder's width, (B, N, C), or None."""
+        if not self.config.cross_attention:
+            return None
+        if patches is None:
+            raise ValueError("this decoder cross-attends to the image: pass its patch tokens")
+        return self.patch_proj(patches).to(dtype)  # (B, N, C)
+
+    def run_blocks(self, x, memory, mask, memory_mask, cache, return_attn):
+        """Every block in turn (a student's, when one is plugged in: model/hooks.py): (x, self- and cross-attention
+        weights per layer). The cache, if any, grows by x's positions."""
         self_attn, cross_attn = [], []
-        theirs = plugged("decoder_block")  # a student's block (model/hooks.py), in every layer
+        theirs = plugged("decoder_block")
         for i, block in enumerate(self.blocks):
             layer_cache = cache.layers[i] if cache is not None else None
             args = (x, memory, mask, memory_mask, layer_cache, return_attn)
@@ -253,9 +268,14 @@ class CaptionDecoder(nn.Module):
             cross_attn.append(cross_w)
         if cache is not None:
             cache.length += x.size(1)
-        if first:  # (B, T, C): the prefix positions predict nothing (ClipCap: but the last, the first word)
-            x = x[:, P - 1:] if self.config.gpt_prefix else x[:, P:]
-        logits = self.ln_f(x) @ self.token_embedding.weight.T  # (B, T, V), head tied to the embedding
-        if not return_attn:
-            return DecoderOutput(logits)
-        return DecoderOutput(logits, self_attn, cross_attn)
+        return x, self_attn, cross_attn
+
+    @property
+    def caption_start(self):
+        """Where a first call's caption predictions start: after the prefix, or (ClipCap) at its last position,
+        which predicts the first word."""
+        return self.config.prefix_len - 1 if self.config.gpt_prefix else self.config.prefix_len
+
+    def head(self, x):
+        """(B, T, C) -> (B, T, V) next-token logits; the output layer is the token embedding, tied."""
+        return self.ln_f(x) @ self.token_embedding.weight.T
