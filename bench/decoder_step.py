@@ -1,6 +1,6 @@
 """Decoder training step (forward + backward + AdamW): ours, fused and explicit, against nn.TransformerDecoder.
 
-    python bench/decoder_step.py [--batch 64] [--tokens 32] [--repeats 3]
+    python -m bench.decoder_step [--batch 64] [--tokens 32] [--repeats 3]
 
 The reference is the same captioner (embeddings, ClipCap prefix, patch projection, tied head, same
 sizes: 6 x 512 x 8) whose blocks are torch.nn.TransformerDecoderLayer(norm_first=True) instead of ours,
@@ -8,18 +8,15 @@ with the same prefix mask. All three run in one process on the same inputs, alte
 """
 
 import argparse
-import os
 import statistics
-import sys
 import time
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from model.attention import prefix_lm_mask  # noqa: E402
-from model.decoder import CaptionDecoder, DecoderConfig  # noqa: E402
+from model.attention import prefix_lm_mask
+from model.decoder import CaptionDecoder, DecoderConfig
 
 
 class TorchBlocksDecoder(CaptionDecoder):

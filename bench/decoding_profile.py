@@ -1,6 +1,6 @@
 """Where one cached decoding step of the 6 x 512 decoder spends its time, at batch 1.
 
-    python bench/decoding_profile.py [--steps 200]
+    python -m bench.decoding_profile [--steps 200]
 
 A cached step feeds one new token through the decoder. Three things are timed in one process, in
 alternating runs, median per step:
@@ -17,17 +17,14 @@ Then torch.profiler's table of the step's operations.
 """
 
 import argparse
-import os
 import statistics
-import sys
 import time
 
 import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from model.decoder import CaptionDecoder, DecoderConfig  # noqa: E402
+from model.decoder import CaptionDecoder, DecoderConfig
 
 VOCAB, PATCHES = 7440, (49, 768)  # the word vocabulary of Flickr30k, ViT-B-32 patch tokens
 

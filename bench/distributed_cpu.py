@@ -1,6 +1,6 @@
 """One process against two (torchrun, DistributedDataParallel over gloo) on this machine's CPU cores.
 
-    python bench/distributed_cpu.py [--repeats 2] [--captions 8000]
+    python -m bench.distributed_cpu [--repeats 2] [--captions 8000]
 
 Both train the built-in data with the default settings for one epoch of `--captions` captions, each
 run a fresh `torchrun --standalone` (so both pay the same start-up), alternating. One process uses

@@ -1,13 +1,12 @@
 """Feature extraction on real photos, JPEG decoding and preprocessing included: images per second, peak memory.
 
-    python bench/feature_extraction.py [--images ../shared/data/flickr30k-mini/images] [--count 256]
+    python -m bench.feature_extraction [--images ../shared/data/flickr30k-mini/images] [--count 256]
 
 Runs data/features.extract_features (the code train.py uses) with a random-weight OpenCLIP ViT-B-32,
 with 0 DataLoader workers (the reference) and with 2, into fresh temporary caches, in one process.
 """
 
 import argparse
-import os
 import resource
 import sys
 import tempfile
@@ -16,9 +15,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from data.features import extract_features  # noqa: E402
-from model.clip import load_clip_vit  # noqa: E402
+from data.features import extract_features
+from model.clip import load_clip_vit
 
 
 def main():

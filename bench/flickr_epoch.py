@@ -1,6 +1,6 @@
 """A Flickr30k-sized epoch on cached CLIP features: time and peak memory, word vocabulary against BPE.
 
-    python bench/flickr_epoch.py [--captions ../shared/data/flickr30k-captions.json] [--steps 16]
+    python -m bench.flickr_epoch [--captions ../shared/data/flickr30k-captions.json] [--steps 16]
 
 Captions: the real Flickr30k training split (29,000 images x 5 = 145,000 captions, Karpathy split).
 Features: random, of ViT-B-32's shape (pooled 512, 49 x 768 patch tokens), written once as a feature
@@ -30,20 +30,20 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from captioner.api import Captioner
+from captioner.train_config import config_with
+from data.batches import epoch_batches, make_pairs
+from data.captions import read_captions
+from data.features import DONE, FeatureCache, create_feature_cache
+from data.paths import SHARED_DATA
+from data.sources import CachedFeatureSource, batches_by_length, caption_splits, get_batch
+from data.tokenizer import build_tokenizer
+from model.caption_model import build_caption_model
+from model.checkpoint import pick_device
+from model.clip import load_clip_vit
+from model.training import autocast_dtype, evaluate_loss, train_step
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from captioner.api import Captioner  # noqa: E402
-from captioner.train_config import config_with  # noqa: E402
-from data.batches import epoch_batches, make_pairs  # noqa: E402
-from data.captions import read_captions  # noqa: E402
-from data.features import DONE, FeatureCache, create_feature_cache  # noqa: E402
-from data.paths import SHARED_DATA  # noqa: E402
-from data.sources import CachedFeatureSource, batches_by_length, caption_splits, get_batch  # noqa: E402
-from data.tokenizer import build_tokenizer  # noqa: E402
-from model.caption_model import build_caption_model  # noqa: E402
-from model.checkpoint import pick_device  # noqa: E402
-from model.clip import load_clip_vit  # noqa: E402
-from model.training import autocast_dtype, evaluate_loss, train_step  # noqa: E402
 
 TOKENIZERS = ("word", "bpe")
 POOLED, PATCHES = 512, (49, 768)  # ViT-B-32
@@ -185,7 +185,7 @@ def main():
 
     measured = {}
     for name in TOKENIZERS:
-        command = [sys.executable, __file__, "--child", name, "--captions", args.captions, "--cache", args.cache,
+        command = [sys.executable, "-m", "bench.flickr_epoch", "--child", name, "--captions", args.captions, "--cache", args.cache,
                    "--device", args.device]
         out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
         measured[name] = json.loads(out.strip().splitlines()[-1])

@@ -1,6 +1,6 @@
 """Captions per second: greedy and beam 3, batch 1 and 32, with the KV cache and without.
 
-    python bench/generation_speed.py [--checkpoint runs/shapes/model] [--repeats 3]
+    python -m bench.generation_speed [--checkpoint runs/shapes/model] [--repeats 3]
 
 Two models: the trained built-in captioner (if its checkpoint exists), and a Flickr30k-sized decoder
 (6 x 512, 7,440 words, ViT-B-32-shaped features) with random weights. Every caption is forced to 20
@@ -11,15 +11,13 @@ this measures decoding. Runs alternate between the settings; the median is repor
 import argparse
 import os
 import statistics
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from model.checkpoint import load_model  # noqa: E402
-from model.decoder import CaptionDecoder, DecoderConfig  # noqa: E402
-from model.sampling import beam_search, sample  # noqa: E402
+from model.checkpoint import load_model
+from model.decoder import CaptionDecoder, DecoderConfig
+from model.sampling import beam_search, sample
 
 NEVER = -1  # an end-token id no row can produce: every caption runs to max_new_tokens
 

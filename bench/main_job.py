@@ -1,6 +1,6 @@
 """The README's main job, `python train.py`, with the settings it had before against today's, side by side.
 
-    python bench/main_job.py [--repeats 3]
+    python -m bench.main_job [--repeats 3]
 
 Each run is a fresh `python train.py` process (data generation, training, validation, captioning the
 1,000 test scenes), the two settings alternating; wall time and the share of test captions exactly

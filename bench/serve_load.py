@@ -1,8 +1,8 @@
 """Requests per second and latency of the web page's API, at 1 and 8 clients at once; with --hostile, what
 an attacker's requests cost everyone else.
 
-    python bench/serve_load.py runs/shapes/model [--requests 64]
-    python bench/serve_load.py runs/shapes/model --hostile
+    python -m bench.serve_load runs/shapes/model [--requests 64]
+    python -m bench.serve_load runs/shapes/model --hostile
 
 Starts the app of serve.py under uvicorn on a free port of 127.0.0.1 in this process, then each client
 (a thread) posts built-in scenes to /api/caption, with attention maps, as the page does; bounded in
@@ -15,7 +15,6 @@ image decoding bounded to 2 at a time and unbounded, each in a fresh process (Li
 import argparse
 import io
 import json
-import os
 import socket
 import statistics
 import sys
@@ -27,11 +26,10 @@ import uuid
 import torch
 from PIL import Image
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from captioner.api import Captioner  # noqa: E402
-from data.shapes import make_split  # noqa: E402
-from server.app import create_app  # noqa: E402
-from server.limits import ServerLimits, few_memory_arenas  # noqa: E402
+from captioner.api import Captioner
+from data.shapes import make_split
+from server.app import create_app
+from server.limits import ServerLimits, few_memory_arenas
 
 
 def upload(url, data, **fields):
@@ -127,8 +125,8 @@ def memory_rows(model, clients=16):
     for way, decodes, arenas in [("bounded, 2 malloc arenas (serve.py)", 2, True),
                                  ("bounded, glibc's default arenas", 2, False),
                                  ("unbounded (16 at once), default arenas", clients, False)] * 2:
-        out = subprocess.run([sys.executable, __file__, model, "--memory", str(decodes)] + ["--arenas"] * arenas,
-                             capture_output=True, text=True, check=True).stdout
+        command = [sys.executable, "-m", "bench.serve_load", model, "--memory", str(decodes)] + ["--arenas"] * arenas
+        out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
         rows.append((way, json.loads(out.splitlines()[-1])))
     return rows
 

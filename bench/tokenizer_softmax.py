@@ -1,6 +1,6 @@
 """Which tokenizer trains faster? The Flickr30k decoder (6 x 512) with a word vocabulary against OpenCLIP's BPE.
 
-    python bench/tokenizer_softmax.py [--steps 5] [--batch 64]
+    python -m bench.tokenizer_softmax [--steps 5] [--batch 64]
 
 Caption lengths are those measured on Flickr30k's training captions (word 14.3, BPE 15.7 tokens on
 average, start and end included); the image features are random, of ViT-B-32's shape. Both models are
@@ -8,16 +8,13 @@ timed in the same process, in alternating runs; the table gives seconds per trai
 """
 
 import argparse
-import os
 import statistics
-import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from model.decoder import CaptionDecoder, DecoderConfig  # noqa: E402
+from model.decoder import CaptionDecoder, DecoderConfig
 
 CASES = {"word (min count 5)": (7440, 14), "bpe (OpenCLIP)": (49408, 16)}  # vocabulary, tokens per caption
 

@@ -1,22 +1,19 @@
 """Our ViT against OpenCLIP's encode_image, same weights, same inputs: images per second.
 
-    python bench/vit_forward.py [--model ViT-B-32] [--batch 32] [--repeats 3]
+    python -m bench.vit_forward [--model ViT-B-32] [--batch 32] [--repeats 3]
 
 Both run in one process on the same batch, alternating; the table gives the median throughput and our
 ratio to OpenCLIP's (the bar: at least 0.9).
 """
 
 import argparse
-import os
 import statistics
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from model.clip import vit_config_from_openclip  # noqa: E402
-from model.vit import VisionTransformer  # noqa: E402
+from model.clip import vit_config_from_openclip
+from model.vit import VisionTransformer
 
 
 @torch.no_grad()

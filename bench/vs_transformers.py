@@ -1,7 +1,7 @@
 """Our decoder and sampler against Hugging Face's GPT-2 with cross-attention and its generate().
 
     pip install -r requirements-dev.txt   # transformers: a test and bench dependency only
-    python bench/vs_transformers.py [--repeats 5] [--device auto]
+    python -m bench.vs_transformers [--repeats 5] [--device auto]
 
 What a user would pick instead of our sampler is `transformers`' `generate()` on a GPT-2 decoder
 with cross-attention (the VisionEncoderDecoder route). Both decoders here are 6 layers, 512 wide,
@@ -18,18 +18,15 @@ batch 64 with 32 caption tokens. Runs alternate between ours and theirs; medians
 """
 
 import argparse
-import os
 import statistics
-import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from model.checkpoint import pick_device  # noqa: E402
-from model.decoder import CaptionDecoder, DecoderConfig  # noqa: E402
-from model.sampling import beam_search, sample  # noqa: E402
+from model.checkpoint import pick_device
+from model.decoder import CaptionDecoder, DecoderConfig
+from model.sampling import beam_search, sample
 
 V, WIDTH, LAYERS, HEADS, PATCHES, PREFIX, NEW_TOKENS, BOS = 7440, 512, 6, 8, 49, 10, 20, 1
 NEVER = -1  # an end-token id no row can produce: every caption runs to NEW_TOKENS

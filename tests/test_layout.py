@@ -83,3 +83,16 @@ def test_nothing_but_the_conversion_command_unpickles_freely():
              and ".git" not in p.parts and p.parts[len(ROOT.parts)] != "tests"
              and ("weights_only=False" in p.read_text() or "pickle.load" in p.read_text())]
     assert found == ["captioner/convert.py"]
+
+
+def test_every_function_reads_on_one_screen():
+    """No function or method in the project is over 60 lines, bench and tests included: one a student
+    can read in one sitting (tests/test_layout.py measures from `def` to its last line)."""
+    long = []
+    for path in sorted(ROOT.rglob("*.py")):
+        if ".git" in path.parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60:
+                long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}: {node.end_lineno - node.lineno + 1} lines")
+    assert not long, "\n".join(long)
