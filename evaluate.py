@@ -15,11 +15,10 @@ import json
 import sys
 from pathlib import Path
 
-from captioner.api import Captioner
+from captioner.cli import add_device_flag, load_captioner
 from data.captions import CaptionFileError, read_captions
 from data.images import load_images
 from metrics import score_captions
-from model.checkpoint import CheckpointError, pick_device
 
 
 def read_generated(path):
@@ -38,10 +37,7 @@ def read_generated(path):
 
 def caption_with_model(args, names):
     """{image file name: caption} of the named images in --images, captioned by --model."""
-    try:
-        captioner = Captioner.from_pretrained(args.model, pick_device(args.device), for_images=True)
-    except CheckpointError as e:
-        raise SystemExit(f"error: {e}") from None
+    captioner = load_captioner(args.model, args.device)
     loaded, errors = load_images([Path(args.images) / name for name in names])
     for error in errors:
         print(f"skipped {error}", file=sys.stderr)
@@ -58,7 +54,7 @@ def main(argv=None):
     p.add_argument("--model", help="caption the images with this model folder (or checkpoint.pt) instead")
     p.add_argument("--images", help="with --model: the folder of the images the references name")
     p.add_argument("--beam", type=int, default=1, help="with --model: beam size (default: 1, greedy)")
-    p.add_argument("--device", default="auto", help='with --model: "auto", "cpu", "cuda", ... (default: auto)')
+    add_device_flag(p, when="with --model: ")
     args = p.parse_args(argv)
     if len(args.files) != (1 if args.model else 2):
         p.error("give CAPTIONS REFERENCES, or --model MODEL --images FOLDER REFERENCES")

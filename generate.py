@@ -23,12 +23,11 @@ import json
 import sys
 from pathlib import Path
 
-from captioner.api import Captioner
+from captioner.cli import add_device_flag, load_captioner
 from captioner.flags import add_dataclass_flags
 from captioner.pictures import save_attention_picture
 from data.images import ImageError, load_images
 from data.regions import RegionError
-from model.checkpoint import CheckpointError, pick_device
 from model.sampling import DecodingOptions
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -49,7 +48,7 @@ def parse_args(argv=None):
     p.add_argument("--layer", default="mean", help="decoder layer for the pictures (0-based), or 'mean' (default: mean)")
     p.add_argument("--region", help="x0,y0,x1,y1 in pixels: caption only this box")
     p.add_argument("--region-mask", help="an image, white inside the region: caption only that")
-    p.add_argument("--device", default="auto", help='"auto" (CUDA, else a Mac\'s MPS, else the CPU), "cpu", "cuda", "mps", ... (default: auto)')
+    add_device_flag(p)
     p.add_argument("--student-code", default="", help='caption with exercises whose code you wrote, e.g. "attention,block" or "all" (exercises/README.md)')
     p.add_argument("--student-dir", default="my_exercises", help="the folder with your exercise files (default: my_exercises)")
     args = p.parse_args(argv)
@@ -88,11 +87,7 @@ def main(argv=None):
 
 
 def caption_images(args):
-    try:
-        captioner = Captioner.from_pretrained(args.model, pick_device(args.device), for_images=True,
-                                              download=args.download)
-    except CheckpointError as e:
-        sys.exit(f"error: {e}")
+    captioner = load_captioner(args.model, args.device, args.download)
     layer = None if args.layer == "mean" else int(args.layer)
     paths = find_images(args.images)
     if not paths:

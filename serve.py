@@ -16,9 +16,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from captioner.api import Captioner
+from captioner.cli import add_device_flag, load_captioner
 from captioner.flags import add_dataclass_flags
-from model.checkpoint import CheckpointError, pick_device
 from server.limits import ServerLimits, few_memory_arenas
 
 
@@ -34,7 +33,7 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=0,
                    help="PyTorch CPU threads for each of the two captioning lanes (default: half the cores, so a "
                         "large request in one lane leaves the other lane cores of its own)")
-    p.add_argument("--device", default="auto", help='"auto" (CUDA, else a Mac\'s MPS, else the CPU), "cpu", "cuda", "mps", ... (default: auto)')
+    add_device_flag(p)
     args = p.parse_args(argv)
     import torch
     import uvicorn  # imported here: --help works without the server's packages
@@ -42,10 +41,7 @@ def main(argv=None):
     from server.app import create_app
     from server.guard import LOOPBACK
 
-    try:
-        captioner = Captioner.from_pretrained(args.model, pick_device(args.device), for_images=True)
-    except CheckpointError as e:
-        sys.exit(f"error: {e}")
+    captioner = load_captioner(args.model, args.device)
     path = Path(args.model).resolve()
     name = path.parent.name if path.name in ("model", "checkpoint.pt") else path.name  # runs/shapes/model: "shapes"
     given = {field: getattr(args, dest) for dest, field in limits.items() if getattr(args, dest) is not None}

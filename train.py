@@ -30,18 +30,31 @@ import torch
 from tqdm import tqdm
 
 from captioner.api import Captioner, hub_download
+from captioner.cli import pick_device
 from captioner.flags import add_dataclass_flags, shown
 from captioner.train_config import DERIVED, PRESETS, TrainConfig, config_with
 from data.batches import epoch_batches, make_pairs
 from data.captions import CaptionFileError, check_images, read_captions
 from data.gpt2_bpe import GPT2Tokenizer
 from data.images import CLIP_MEAN, CLIP_STD, ImageError
-from data.sources import (CachedFeatureSource, batches_by_length, caption_splits, get_batch, load_image_rows,
-                          load_shapes)
+from data.sources import (
+    CachedFeatureSource,
+    batches_by_length,
+    caption_splits,
+    get_batch,
+    load_image_rows,
+    load_shapes,
+)
 from data.tokenizer import build_tokenizer, tokenizer_from_dict
 from metrics import ptb_tokenize, score_captions
 from model.caption_model import build_caption_model
-from model.checkpoint import CheckpointError, check_fits, load_checkpoint, model_config, pick_device, save_checkpoint
+from model.checkpoint import (
+    CheckpointError,
+    check_fits,
+    load_checkpoint,
+    model_config,
+    save_checkpoint,
+)
 from model.decoder import DecoderConfig
 from model.hugging_face import gpt2_captioning_decoder, load_gpt2_weights
 from model.training import autocast_dtype, evaluate_loss, train_step
@@ -279,7 +292,9 @@ def read_metrics(log_path):
 
 
 def write_loss_curve(log_path, png_path):
-    from matplotlib.figure import Figure  # no pyplot: leaves a notebook's plotting backend alone
+    from matplotlib.figure import (
+        Figure,  # no pyplot: leaves a notebook's plotting backend alone
+    )
 
     rows = read_metrics(log_path)
     train = [(r["step"], r["train_loss"]) for r in rows if "train_loss" in r]

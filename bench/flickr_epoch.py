@@ -31,15 +31,20 @@ import torch
 from tqdm import tqdm
 
 from captioner.api import Captioner
+from captioner.cli import pick_device
 from captioner.train_config import config_with
 from data.batches import epoch_batches, make_pairs
 from data.captions import read_captions
 from data.features import DONE, FeatureCache, create_feature_cache
 from data.paths import SHARED_DATA
-from data.sources import CachedFeatureSource, batches_by_length, caption_splits, get_batch
+from data.sources import (
+    CachedFeatureSource,
+    batches_by_length,
+    caption_splits,
+    get_batch,
+)
 from data.tokenizer import build_tokenizer
 from model.caption_model import build_caption_model
-from model.checkpoint import pick_device
 from model.clip import load_clip_vit
 from model.training import autocast_dtype, evaluate_loss, train_step
 

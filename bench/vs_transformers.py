@@ -24,7 +24,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from model.checkpoint import pick_device
+from captioner.cli import pick_device
 from model.decoder import CaptionDecoder, DecoderConfig
 from model.sampling import beam_search, sample
 

@@ -32,18 +32,6 @@ class CheckpointError(ValueError):
     """A model file that cannot be used; the message names the file."""
 
 
-def pick_device(name="auto"):
-    """"auto": CUDA when present, else Apple's MPS (a Mac's GPU), else the CPU; any other name ("cpu",
-    "cuda", "cuda:1", "mps") as given."""
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
 def replace_atomically(path, write):
     """write(temporary path), then rename it to `path`: a crash leaves the old file, never half a new one."""
     tmp = Path(str(path) + ".tmp")

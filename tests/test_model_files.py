@@ -228,7 +228,7 @@ def test_a_model_without_an_image_encoder_is_refused_by_every_command_that_reads
 
 
 def test_auto_picks_cuda_then_a_macs_mps_then_the_cpu(monkeypatch):
-    from model.checkpoint import pick_device
+    from captioner.cli import pick_device
 
     for cuda, mps, expected in [(True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")]:
         monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
