@@ -16,9 +16,10 @@ import sys
 from pathlib import Path
 
 from captioner.cli import add_device_flag, load_captioner
-from data.captions import CaptionFileError, read_captions
+from data.captions import read_captions
 from data.images import load_images
 from metrics import score_captions
+from model.errors import CaptionerError
 
 
 def read_generated(path):
@@ -63,7 +64,7 @@ def main(argv=None):
     generated = read_generated(args.files[0]) if not args.model else None
     try:
         references = read_captions(args.files[-1])
-    except CaptionFileError as e:
+    except CaptionerError as e:
         raise SystemExit(f"error: {e}") from None
     if args.model:
         generated = caption_with_model(args, references.names(args.split))

@@ -26,8 +26,8 @@ from pathlib import Path
 from captioner.cli import add_device_flag, load_captioner
 from captioner.flags import add_dataclass_flags
 from captioner.pictures import save_attention_picture
-from data.images import ImageError, load_images
-from data.regions import RegionError
+from data.images import load_images
+from model.errors import CaptionerError
 from model.sampling import DecodingOptions
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -108,7 +108,7 @@ def caption_images(args):
             captions = captioner.caption([picture for _, picture in loaded], region=args.region,
                                          region_mask=args.region_mask, attention=bool(args.attention),
                                          batch_size=args.batch_size, **options)
-        except (RegionError, ImageError) as e:
+        except CaptionerError as e:  # a region or an image the user can fix: one line (model/errors.py)
             sys.exit(f"error: {e}")
         for (path, _), caption in zip(loaded, captions):
             texts = caption.texts if args.attention else (caption if isinstance(caption, list) else [caption])

@@ -34,9 +34,9 @@ from captioner.cli import pick_device
 from captioner.flags import add_dataclass_flags, shown
 from captioner.train_config import DERIVED, PRESETS, TrainConfig, config_with
 from data.batches import epoch_batches, make_pairs
-from data.captions import CaptionFileError, check_images, read_captions
+from data.captions import check_images, read_captions
 from data.gpt2_bpe import GPT2Tokenizer
-from data.images import CLIP_MEAN, CLIP_STD, ImageError
+from data.images import CLIP_MEAN, CLIP_STD
 from data.sources import (
     CachedFeatureSource,
     batches_by_length,
@@ -56,6 +56,7 @@ from model.checkpoint import (
     save_checkpoint,
 )
 from model.decoder import DecoderConfig
+from model.errors import CaptionerError
 from model.hugging_face import gpt2_captioning_decoder, load_gpt2_weights
 from model.training import autocast_dtype, evaluate_loss, train_step
 from model.vit import ViTConfig
@@ -328,7 +329,7 @@ def main(argv=None):
         with use_student_code(student_code(config.student_code, config.student_dir)):
             print(f"training with your code from {config.student_dir}/ for: {config.student_code}")
             return train(config)
-    except (CaptionFileError, ImageError) as e:  # the data: one line naming the file, no traceback
+    except CaptionerError as e:  # bad data, a broken file: one line naming it, no traceback (model/errors.py)
         raise SystemExit(f"error: {e}") from None
 
 

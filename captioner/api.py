@@ -145,14 +145,16 @@ class Captioner:
         """A Hugging Face VisionEncoderDecoder folder (ViT + GPT-2, with vocab.json, merges.txt and
         preprocessor_config.json) -> a Captioner whose every step is this project's code."""
         from data.gpt2_bpe import GPT2Tokenizer
-        from model.hugging_face import HuggingFaceError, vision_encoder_decoder
+        from model.hugging_face import vision_encoder_decoder
 
         folder = Path(folder)
         try:
             model, _ = vision_encoder_decoder(folder)
             tokenizer = GPT2Tokenizer.from_folder(folder)
             preprocess = hugging_face_preprocess(folder, model.config.vit.image_size)
-        except (HuggingFaceError, ValueError) as e:
+        except CheckpointError:  # HuggingFaceError is one: it names the file already
+            raise
+        except ValueError as e:  # the tokenizer's or the image processor's files
             raise CheckpointError(str(e)) from None
         return cls(model.to(device), tokenizer, preprocess).checked(folder)
 
@@ -164,13 +166,14 @@ class Captioner:
         from data.gpt2_bpe import GPT2Tokenizer
         from model.clip import load_clip_vit
         from model.clipcap import clipcap_model
-        from model.hugging_face import HuggingFaceError
 
         try:
             vit, _ = load_clip_vit("ViT-B-32", clip_pretrained)
             model = clipcap_model(checkpoint, vit)
             tokenizer = GPT2Tokenizer.from_folder(gpt2_folder, end=".")  # ClipCap's captions end at the full stop
-        except (HuggingFaceError, ValueError) as e:
+        except CheckpointError:  # HuggingFaceError is one: it names the file already
+            raise
+        except ValueError as e:  # the tokenizer's or the image processor's files
             raise CheckpointError(str(e)) from None
         return cls(model.to(device), tokenizer, dict(vit.preprocess_cfg, kind="openclip")).checked(checkpoint)
 

@@ -17,8 +17,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from model.errors import CaptionerError
 
-class CaptionFileError(ValueError):
+
+class CaptionFileError(CaptionerError):
     """A caption file that cannot be read; the message names the file and the line."""
 
 

@@ -6,10 +6,12 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from model.errors import CaptionerError
+
 MAX_PIXELS = 100_000_000  # larger images are refused before they are decoded (a 10k x 10k photo still loads)
 
 
-class ImageError(ValueError):
+class ImageError(CaptionerError):
     """An image that cannot be used; the message names the file."""
 
 

@@ -8,9 +8,10 @@ import numpy as np
 import torch
 
 from data.images import patch_boxes
+from model.errors import CaptionerError
 
 
-class RegionError(ValueError):
+class RegionError(CaptionerError):
     """A region that cannot be used; the message says why in one sentence."""
 
 

@@ -21,6 +21,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from model.caption_model import CaptionModel, CaptionModelConfig
+from model.errors import CaptionerError
 
 MODEL_FORMAT = "captioner-model"  # config.json's "format", so a foreign JSON file is recognised as such
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
@@ -28,7 +29,7 @@ CONFIG_KEYS = {"format", "version", "model", "tokenizer", "preprocess"}
 MAX_JSON_BYTES = 64 * 2**20  # a config is a few kB and a tokenizer's vocabulary about 1 MB
 
 
-class CheckpointError(ValueError):
+class CheckpointError(CaptionerError):
     """A model file that cannot be used; the message names the file."""
 
 

@@ -14,12 +14,12 @@ from pathlib import Path
 import torch
 
 from model.caption_model import CaptionModel, CaptionModelConfig
-from model.checkpoint import load_safetensors, load_weights_only, meta_shapes, read_json, shape_difference
+from model.checkpoint import CheckpointError, load_safetensors, load_weights_only, meta_shapes, read_json, shape_difference
 from model.decoder import CaptionDecoder, DecoderConfig
 from model.vit import ViTConfig, VisionTransformer
 
 
-class HuggingFaceError(ValueError):
+class HuggingFaceError(CheckpointError):
     """A folder or file that is not what the loader expects; the message names it."""
 
 
