@@ -65,14 +65,14 @@ from model.vit import ViTConfig
 # Configuration: TrainConfig (captioner/train_config.py) and its presets; one flag per field.
 
 
-FLAG_GROUPS = [("training", "", TrainConfig), ("the scratch ViT (--encoder scratch)", "vit", ViTConfig),
-               ("the decoder", "decoder", DecoderConfig)]
+FLAG_GROUPS = [("training", "run", TrainConfig), ("the scratch ViT (--encoder scratch)", "vit", ViTConfig),
+               ("the decoder", "decoder", DecoderConfig)]  # (title, part of TrainConfig, its class)
 
 
 def preset_values(preset, part):
-    """A preset's values for one part of TrainConfig: "vit", "decoder", or "" for its own fields."""
+    """A preset's values for one part of TrainConfig: "vit", "decoder", or "run" for its own fields."""
     values = PRESETS[preset]
-    return values.get(part, {}) if part else {k: v for k, v in values.items() if k not in DERIVED[""]}
+    return values.get(part, {}) if part != "run" else {k: v for k, v in values.items() if k not in DERIVED["run"]}
 
 
 def parse_args(argv=None):
@@ -86,14 +86,14 @@ def parse_args(argv=None):
         for p in others:
             for name, value in preset_values(p, part).items():
                 notes[name] = notes.get(name, "") + f"; {p}: {shown(value)}"
-        prefix = part + "-" if part else ""
+        prefix = "" if part == "run" else part + "-"  # --lr, --vit-width, --decoder-layers
         added = add_dataclass_flags(parser, cls, prefix, DERIVED.get(part, ()), preset_values("tiny", part), notes, title)
         fields.update({dest: (part, name) for dest, name in added.items()})
     args = parser.parse_args(argv)
     given = {"vit": {}, "decoder": {}}
     for dest, (part, name) in fields.items():
         if getattr(args, dest) is not None:
-            (given[part] if part else given)[name] = getattr(args, dest)
+            (given if part == "run" else given[part])[name] = getattr(args, dest)
     config = config_with(args.preset, **given)
     if config.data != "shapes" and not (config.data and config.images):
         parser.error("a caption file needs --data CAPTIONS and --images FOLDER")

@@ -7,7 +7,7 @@ comment; the benchmarks build the same configuration to measure what train.py ru
 import dataclasses
 from dataclasses import dataclass, field
 
-from model.caption_model import config_from_dict
+from model.config import from_dict
 from model.decoder import DecoderConfig
 from model.vit import ViTConfig
 
@@ -63,16 +63,12 @@ class TrainConfig:
     student_code: str = ""  # exercises whose code you wrote to train with, e.g. "attention,block" or "all"
     student_dir: str = "my_exercises"  # the folder with your exercise files (python -m exercises)
 
+    ALL_FIELDS_OPTIONAL = True  # a checkpoint from before a setting existed takes its default: how such runs behaved
+
     @classmethod
     def from_dict(cls, values, where="training config"):
-        """The inverse of dataclasses.asdict; every field must be known. A field missing (a checkpoint from
-        before the setting existed) takes its default, which is how such runs behaved."""
-        if isinstance(values, dict):
-            values = dataclasses.asdict(cls()) | values
-        values = dict(config_from_dict(cls, values, where).__dict__)
-        values["vit"] = config_from_dict(ViTConfig, values["vit"], f"{where}, vit")
-        values["decoder"] = config_from_dict(DecoderConfig, values["decoder"], f"{where}, decoder")
-        return cls(**values)
+        """The inverse of model.config.to_dict; every field must be known (model/config.py)."""
+        return from_dict(cls, values, where)
 
 
 PRESETS = {
@@ -91,9 +87,9 @@ PRESETS = {
     ),
 }
 
-# Fields of the component configs that training derives instead of reading from flags, and the
-# nested configs themselves, which have flags of their own.
-DERIVED = {"vit": {"output_dim"}, "decoder": {"vocab_size", "clip_dim", "patch_dim"}, "": {"vit", "decoder"}}
+# Fields that get no flag of their own, by part of TrainConfig: the component configs' fields that training
+# derives, and in "run" (TrainConfig's own fields) the nested configs, which have flags of their own.
+DERIVED = {"run": {"vit", "decoder"}, "vit": {"output_dim"}, "decoder": {"vocab_size", "clip_dim", "patch_dim"}}
 
 
 def config_with(preset="tiny", **overrides):

@@ -1,44 +1,15 @@
 """The whole captioning model: an optional ViT and the decoder, from pixels (or cached features) to tokens."""
 
 import dataclasses
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from model.config import from_dict, to_dict
 from model.decoder import CaptionDecoder, DecoderConfig
 from model.sampling import DecodingOptions, decode
-from model.vit import ViTConfig, VisionTransformer
-
-
-def config_from_dict(cls, values, where):
-    """cls(**values) for a config dataclass, refusing a missing, unknown or mistyped field in one sentence
-    that names `where` (the file and the part of it the values came from)."""
-    if not isinstance(values, dict):
-        raise ValueError(f"{where}: expected an object of {cls.__name__} fields, found {type(values).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
-    missing = sorted(set(fields) - set(values) - getattr(cls, "ADDED_LATER", set()))  # those take their defaults
-    if unknown:
-        raise ValueError(f"{where}: unknown field {unknown[0]!r} (a {cls.__name__} has {', '.join(fields)})")
-    if missing:
-        raise ValueError(f"{where}: missing field {missing[0]!r}")
-    for name, value in values.items():
-        if not fits(fields[name].type, value):
-            raise ValueError(f"{where}: field {name!r} should be {fields[name].type.__name__}, not {value!r}")
-    try:
-        return cls(**values)
-    except ValueError as e:  # a size out of range (model/sizes.py), or sizes that do not fit together
-        raise ValueError(f"{where}: {e}") from None
-
-
-def fits(kind, value):
-    """Whether a value read from JSON suits a config field of type `kind` (None suits any)."""
-    if value is None or kind not in (int, float, bool, str):
-        return True
-    if kind is bool or isinstance(value, bool):
-        return kind is bool and isinstance(value, bool)  # True is an int to Python, not to a config
-    return isinstance(value, (int, float) if kind is float else kind)
+from model.vit import VisionTransformer, ViTConfig
 
 
 @dataclass
@@ -48,16 +19,12 @@ class CaptionModelConfig:
     frozen_encoder: bool = False  # True for CLIP weights: no gradients, always in eval mode
 
     def to_dict(self):
-        return asdict(self)
+        return to_dict(self)
 
     @classmethod
     def from_dict(cls, values, where="model config"):
-        """The inverse of to_dict; every field must be present and known (see config_from_dict)."""
-        values = dict(config_from_dict(cls, values, where).__dict__)
-        vit = values["vit"]
-        values["vit"] = config_from_dict(ViTConfig, vit, f"{where}, vit") if vit is not None else None
-        values["decoder"] = config_from_dict(DecoderConfig, values["decoder"], f"{where}, decoder")
-        return cls(**values)
+        """The inverse of to_dict; every field must be present and known (model/config.py)."""
+        return from_dict(cls, values, where)
 
 
 class CaptionModel(nn.Module):
