@@ -15,6 +15,8 @@ import json
 import sys
 from pathlib import Path
 
+from tqdm import tqdm
+
 from captioner.cli import add_device_flag, load_captioner
 from data.captions import read_captions
 from data.images import load_images
@@ -36,14 +38,21 @@ def read_generated(path):
         raise SystemExit(f"error: {path}: not the JSON generate.py writes ([{{\"image\", \"captions\"}}, ...])") from None
 
 
+BATCH = 32  # images read and captioned at a time: a folder of thousands never sits in memory at once
+
+
 def caption_with_model(args, names):
     """{image file name: caption} of the named images in --images, captioned by --model."""
     captioner = load_captioner(args.model, args.device)
-    loaded, errors = load_images([Path(args.images) / name for name in names])
-    for error in errors:
-        print(f"skipped {error}", file=sys.stderr)
-    captions = captioner.caption([picture for _, picture in loaded], beam=args.beam)
-    return {path.name: caption for (path, _), caption in zip(loaded, captions)}
+    captions = {}
+    for start in tqdm(range(0, len(names), BATCH), desc="captioning", unit="batch", disable=len(names) <= BATCH):
+        loaded, errors = load_images([Path(args.images) / name for name in names[start : start + BATCH]])
+        for error in errors:
+            tqdm.write(f"skipped {error}", file=sys.stderr)
+        texts = captioner.caption([picture for _, picture in loaded], beam=args.beam) if loaded else []
+        captions |= {path.relative_to(args.images).as_posix(): caption for (path, _), caption in zip(loaded, texts)}
+    return captions
+
 
 
 def main(argv=None):
@@ -68,6 +77,9 @@ def main(argv=None):
         raise SystemExit(f"error: {e}") from None
     if args.model:
         generated = caption_with_model(args, references.names(args.split))
+    else:  # generate.py's files name images by path: take the reference's name (with its subfolder) that ends it
+        by_file = {Path(n).name: n for n in references.captions}
+        generated = {n if n in references.captions else by_file.get(Path(n).name, n): c for n, c in generated.items()}
     names = [n for n in sorted(generated) if args.split is None or references.splits.get(n) == args.split]
     unknown = [n for n in names if n not in references.captions]
     if unknown:

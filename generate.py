@@ -23,6 +23,8 @@ import json
 import sys
 from pathlib import Path
 
+from tqdm import tqdm
+
 from captioner.cli import add_device_flag, load_captioner
 from captioner.flags import add_dataclass_flags
 from captioner.pictures import save_attention_picture
@@ -95,10 +97,12 @@ def caption_images(args):
 
     results, failed = [], 0
     options = dataclasses.asdict(args.options)
+    bar = tqdm(total=len(paths), desc="captioning", unit="img", disable=len(paths) <= args.batch_size)
     for start in range(0, len(paths), args.batch_size):
         loaded, errors = load_images(paths[start : start + args.batch_size])
+        bar.update(len(loaded) + len(errors))
         for error in errors:
-            print(f"skipped {error}", file=sys.stderr)
+            tqdm.write(f"skipped {error}", file=sys.stderr)
         failed += len(errors)
         if not loaded:
             continue
@@ -118,6 +122,7 @@ def caption_images(args):
                 picture = save_attention_picture(caption, Path(args.attention) / f"{path.stem}.png", layer)
                 results[-1]["attention"] = str(picture)
 
+    bar.close()
     print_table(results)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
