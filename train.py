@@ -94,6 +94,8 @@ def parse_args(argv=None):
     for dest, (part, name) in fields.items():
         if getattr(args, dest) is not None:
             (given if part == "run" else given[part])[name] = getattr(args, dest)
+    if Path(given.get("data", "")).stem == "metadata" and not given.get("images"):  # imagefolder: beside the images
+        given["images"] = str(Path(given["data"]).parent)
     config = config_with(args.preset, **given)
     if config.data != "shapes" and not (config.data and config.images):
         parser.error("a caption file needs --data CAPTIONS and --images FOLDER")

@@ -6,6 +6,11 @@ Formats, recognised from the content:
   kaggle     results.csv                                   image_name| comment_number| comment
   token      results_20130124.token                        1000092795.jpg#0<TAB>Two young guys ...
   flickr8k   captions.txt                                  image,caption
+  imagefolder  metadata.csv / metadata.jsonl beside the images (Hugging Face's imagefolder layout):
+             file_name,text[,split] or {"file_name": ..., "text": ..., "split": ...} per line
+             ("caption" is read where there is no "text"; without a split column: a seeded random split)
+COCO Karpathy files name each image by its "filepath" and "filename" (train2014/COCO_train2014_...jpg), so
+--images is the folder that holds train2014/ and val2014/.
 Errors name the file and the line, in one sentence.
 """
 
@@ -58,13 +63,14 @@ def read_karpathy(path, data):
     for i, image in enumerate(data["images"]):
         if "filename" not in image or "sentences" not in image:
             raise CaptionFileError(f"{path}: images[{i}] lacks 'filename' or 'sentences'")
+        name = f"{image['filepath']}/{image['filename']}" if image.get("filepath") else image["filename"]
         for j, sentence in enumerate(image["sentences"]):
             if not isinstance(sentence, dict):
                 raise CaptionFileError(f"{path}: images[{i}].sentences[{j}] is {type(sentence).__name__} "
                                        f"{str(sentence)[:40]!r}; expected {{\"raw\": \"the caption\"}}")
-            add(captions, path, f"images[{i}]", image["filename"], sentence.get("raw", ""))
+            add(captions, path, f"images[{i}]", name, sentence.get("raw", ""))
         split = image.get("split")
-        splits[image["filename"]] = "train" if split == "restval" else split
+        splits[name] = "train" if split == "restval" else split
     return CaptionSet(captions, splits, "karpathy")
 
 
@@ -136,6 +142,45 @@ def read_flickr8k(path, text):
     return CaptionSet(captions, {}, "flickr8k")
 
 
+SPLIT_NAMES = {"train": "train", "training": "train", "restval": "train", "val": "val", "valid": "val",
+               "validation": "val", "test": "test"}  # imagefolder's split column, as Hugging Face spells them
+
+
+def read_metadata(path, rows):
+    """Hugging Face imagefolder metadata: rows of {file_name, text (or caption), split (optional)}, each
+    as (line number, dict)."""
+    captions, splits = {}, {}
+    for n, row in rows:
+        if not isinstance(row, dict) or "file_name" not in row or not ({"text", "caption"} & set(row)):
+            raise CaptionFileError(f"{path}, line {n}: expected the fields file_name and text (or caption)")
+        name, text = row["file_name"], row.get("text", row.get("caption"))
+        if not isinstance(name, str) or not isinstance(text, str):
+            raise CaptionFileError(f"{path}, line {n}: file_name and text must be strings")
+        add(captions, path, n, name, text)
+        if row.get("split"):
+            if str(row["split"]).lower() not in SPLIT_NAMES:
+                raise CaptionFileError(f"{path}, line {n}: split {row['split']!r} is not train, val or test")
+            splits[name.strip()] = SPLIT_NAMES[str(row["split"]).lower()]
+    if splits and len(splits) < len(captions):
+        raise CaptionFileError(f"{path}: some rows have a split and some do not; give every row one, or none")
+    return CaptionSet(captions, splits, "imagefolder")
+
+
+def metadata_rows(path, text):
+    """(line number, row) of a metadata.jsonl (one JSON object a line) or metadata.csv (a header line)."""
+    if text.lstrip().startswith("{"):
+        rows = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append((n, json.loads(line)))
+                except json.JSONDecodeError as e:
+                    raise CaptionFileError(f"{path}, line {n}: not valid JSON ({e.msg})") from None
+        return rows
+    reader = csv.DictReader(io.StringIO(text))
+    return [(n, row) for n, row in enumerate(reader, 2)]
+
+
 def read_captions(path, val_fraction=0.05, test_fraction=0.05, seed=0):
     """Read any supported caption file. Formats without splits get a seeded random split of the images."""
     path = Path(path)
@@ -144,7 +189,10 @@ def read_captions(path, val_fraction=0.05, test_fraction=0.05, seed=0):
     text = decode_utf8(path, path.read_bytes())
     lines = text.splitlines()
     first = lines[0] if lines else ""
-    if text.lstrip().startswith("{"):
+    if path.suffix in (".csv", ".jsonl") and path.stem == "metadata" or first.replace(" ", "").startswith(
+            ("file_name,", '{"file_name"')):
+        result = read_metadata(path, metadata_rows(path, text))
+    elif text.lstrip().startswith("{"):
         result = read_json(path, text)
     elif first.replace(" ", "").lower().startswith("image_name|"):
         result = read_kaggle(path, lines)

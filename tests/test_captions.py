@@ -1,5 +1,6 @@
 """Every caption format users have is read the same way, and a malformed file gets a one-line error."""
 
+import csv
 import json
 
 import pytest
@@ -113,3 +114,55 @@ def test_real_flickr30k_files_agree():
     assert kaggle.captions.keys() == karpathy.captions.keys()
     name = next(iter(karpathy.captions))
     assert [c.strip() for c in kaggle.captions[name]] == [c.strip() for c in karpathy.captions[name]]
+
+
+@pytest.mark.parametrize("kind", ["csv", "jsonl"])
+@pytest.mark.parametrize("with_split", [True, False])
+def test_hugging_face_imagefolder_metadata(tmp_path, kind, with_split):
+    """metadata.csv / metadata.jsonl as Hugging Face's imagefolder reads them, written by the csv and json
+    modules as a user's script would: file names (in subfolders too), captions, and the split column if any."""
+    rows = [{"file_name": f"{'a' if i < 6 else 'b/c'}/{i}.jpg", "text": f"a picture, number {i}",
+             **({"split": ["train", "validation", "test"][i % 3]} if with_split else {})} for i in range(12)]
+    rows.append({"file_name": "a/0.jpg", **{k: v for k, v in rows[0].items() if k == "split"},
+                 "text": "a second caption"})
+    path = tmp_path / f"metadata.{kind}"
+    if kind == "csv":
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    else:
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    captions = read_captions(path)
+    assert captions.format == "imagefolder" and len(captions.captions) == 12
+    assert captions.captions["a/0.jpg"] == ["a picture, number 0", "a second caption"]
+    assert captions.captions["b/c/11.jpg"] == ["a picture, number 11"]
+    if with_split:
+        assert captions.splits["a/1.jpg"] == "val" and captions.splits["a/2.jpg"] == "test"
+        assert len(captions.names("train")) == 4
+    else:
+        assert set(captions.splits.values()) <= {"train", "val", "test"} and len(captions.splits) == 12
+
+
+def test_imagefolder_rows_that_cannot_be_read_are_named(tmp_path):
+    path = tmp_path / "metadata.jsonl"
+    path.write_text('{"file_name": "0.jpg", "text": "a dog"}\n{"file_name": "1.jpg"}\n')
+    with pytest.raises(CaptionFileError, match=r"metadata.jsonl, line 2: expected the fields file_name and text"):
+        read_captions(path)
+    path.write_text('{"file_name": "0.jpg", "text": "a dog", "split": "holdout"}\n')
+    with pytest.raises(CaptionFileError, match=r"line 1: split 'holdout' is not train, val or test"):
+        read_captions(path)
+
+
+def test_coco_karpathy_filepath_is_part_of_the_name(tmp_path):
+    """dataset_coco.json names images by filepath and filename: COCO users keep train2014/ and val2014/."""
+    images = [{"filepath": "val2014", "filename": "COCO_val2014_000000000042.jpg", "split": "test",
+               "sentences": [{"raw": "A cat."}]},
+              {"filepath": "train2014", "filename": "COCO_train2014_000000000009.jpg", "split": "restval",
+               "sentences": [{"raw": "A dog."}]}]
+    path = tmp_path / "dataset_coco.json"
+    path.write_text(json.dumps({"images": images, "dataset": "coco"}))
+    captions = read_captions(path)
+    assert captions.captions == {"val2014/COCO_val2014_000000000042.jpg": ["A cat."],
+                                 "train2014/COCO_train2014_000000000009.jpg": ["A dog."]}
+    assert captions.splits["train2014/COCO_train2014_000000000009.jpg"] == "train"

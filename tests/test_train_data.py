@@ -106,3 +106,20 @@ def test_resume_never_downloads(photo_folder, tmp_path, monkeypatch):
     for name, weight in state["model"].items():
         if name.startswith("encoder."):
             assert torch.equal(trained.state_dict()[name], weight), name
+
+
+def test_train_and_evaluate_read_an_imagefolder(photo_folder, tmp_path):
+    """A folder of images with Hugging Face's metadata.csv beside them: train.py needs no --images, and
+    evaluate.py scores a model against it."""
+    import evaluate
+
+    folder, captions = photo_folder
+    rows = [(image["filename"], sentence["raw"], "validation" if image["split"] == "val" else image["split"])
+            for image in json.loads(captions.read_text())["images"] for sentence in image["sentences"]]
+    with open(folder / "metadata.csv", "w", newline="") as f:
+        f.write("file_name,text,split\n" + "".join(f'{name},"{text}",{split}\n' for name, text, split in rows))
+    run(tmp_path, "folder", "--data", str(folder / "metadata.csv"), "--epochs", "1", "--batch-size", "6")
+    assert (tmp_path / "folder" / "model" / "model.safetensors").exists()
+    scores = evaluate.main([str(folder / "metadata.csv"), "--model", str(tmp_path / "folder" / "model"),
+                            "--images", str(folder), "--split", "val"])
+    assert set(scores) >= {"BLEU-4", "CIDEr-D"}
