@@ -1,11 +1,14 @@
-"""Score captions against references, as the COCO caption evaluation does, without Java.
+"""Score captions against references, as the COCO caption evaluation does: BLEU, CIDEr-D and ROUGE-L in
+Python; METEOR and SPICE with pycocoevalcap's Java code where Java is installed (skipped with one line
+otherwise; --no-java leaves them out).
 
     python evaluate.py captions.json references.json [--split test] [--json scores.json]
     python evaluate.py --model runs/flickr30k/model --images flickr30k-images/ dataset_flickr30k.json --split test
 
 captions: the JSON or CSV that generate.py writes (the first caption of each image is scored); or, with
 --model and --images, the model captions the split's images itself (greedy unless --beam is given).
-references: any caption file train.py reads (Karpathy or COCO JSON, results.csv, .token, captions.txt).
+references: any caption file train.py reads (Karpathy or COCO JSON, results.csv, .token, captions.txt,
+an imagefolder's metadata.csv or metadata.jsonl).
 Images are matched by file name.
 """
 
@@ -21,6 +24,7 @@ from captioner.cli import add_device_flag, load_captioner
 from data.captions import read_captions
 from data.images import load_images
 from metrics import score_captions
+from metrics.java import java_scores
 from model.errors import CaptionerError
 
 
@@ -65,6 +69,9 @@ def main(argv=None):
     p.add_argument("--images", help="with --model: the folder of the images the references name")
     p.add_argument("--beam", type=int, default=1, help="with --model: beam size (default: 1, greedy)")
     add_device_flag(p, when="with --model: ")
+    p.add_argument("--java", action=argparse.BooleanOptionalAction, default=True,
+                   help="METEOR and SPICE with pycocoevalcap's Java code, where Java and pycocoevalcap are "
+                        "installed; each skipped with one line otherwise (default: on)")
     args = p.parse_args(argv)
     if len(args.files) != (1 if args.model else 2):
         p.error("give CAPTIONS REFERENCES, or --model MODEL --images FOLDER REFERENCES")
@@ -87,7 +94,13 @@ def main(argv=None):
                          f"(first: {', '.join(unknown[:5])})")
     if not names:
         raise SystemExit("error: no captioned image to score")
-    scores = score_captions([generated[n] for n in names], [references.captions[n] for n in names])
+    candidates, refs = [generated[n] for n in names], [references.captions[n] for n in names]
+    scores = score_captions(candidates, refs)
+    if args.java:
+        java, skipped = java_scores(candidates, refs)
+        scores |= java
+        for line in skipped:
+            print(line, file=sys.stderr)
     print(f"{len(names)} images")
     for metric, value in scores.items():
         print(f"{metric:10} {value:8.4f}")

@@ -111,3 +111,31 @@ def test_ptb_tokenizer_equals_stanford_on_real_flickr_captions():
     java = java_ptb(captions)
     same = sum(ptb_tokenize(c) == j for c, j in zip(captions, java))
     assert same / len(captions) > 0.999  # measured on all 155,070: 39 differ, HTML oddities and Java quirks
+
+
+@pytest.mark.skipif(shutil.which("java") is None, reason="METEOR runs in Java, and java is not installed")
+def test_meteor_equals_the_coco_evaluation_pipeline():
+    """evaluate.py's METEOR (our PTB tokenizer, then pycocoevalcap's METEOR jar) equals the COCO evaluation's
+    own pipeline (Stanford's Java PTB tokenizer, then the same jar), HTML entities and punctuation included."""
+    from pycocoevalcap.meteor.meteor import Meteor
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    from metrics.java import java_scores
+
+    references = [["A dog runs on the grass.", "a brown dog, running"], ["A man rides a red bike!", "a&amp;m cyclist"],
+                  ["Two kids play in the snow.", "children playing outside in winter"]]
+    candidates = ["a dog running on grass", "A man on a bike.", "kids play in snow"]
+    tokenized = PTBTokenizer().tokenize({i: [{"caption": c} for c in refs] for i, refs in enumerate(references)})
+    mine = PTBTokenizer().tokenize({i: [{"caption": c}] for i, c in enumerate(candidates)})
+    expected = Meteor().compute_score(tokenized, mine)[0]
+    scores, skipped = java_scores(candidates, references, metrics=("METEOR",))
+    assert not skipped and abs(scores["METEOR"] - expected) < 1e-9, (scores, expected)
+    assert 0.1 < expected < 0.9
+
+
+def test_a_java_metric_that_cannot_run_is_skipped_with_one_line(monkeypatch):
+    from metrics import java
+
+    monkeypatch.setattr(java.shutil, "which", lambda name: None)
+    scores, skipped = java.java_scores(["a dog"], [["a dog"]])
+    assert scores == {} and len(skipped) == 2 and all("\n" not in s and "java is not installed" in s for s in skipped)
