@@ -21,7 +21,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from captioner.cli import add_device_flag, load_captioner
-from data.captions import read_captions
+from data.captions import image_id, read_captions
 from data.images import load_images
 from metrics import score_captions
 from metrics.java import java_scores
@@ -29,7 +29,8 @@ from model.errors import CaptionerError
 
 
 def read_generated(path):
-    """{image file name: caption} from generate.py's JSON or CSV output."""
+    """{image (a file name, or a COCO image_id): caption} from generate.py's JSON or CSV output, or from the
+    COCO results format other tools write: [{"image_id": 42, "caption": "..."}, ...]."""
     path = Path(path)
     if not path.is_file():
         raise SystemExit(f"error: {path}: no such captions file")
@@ -37,9 +38,20 @@ def read_generated(path):
         with open(path, newline="") as f:
             return {Path(r["image"]).name: r["caption"] for r in csv.DictReader(f) if r["caption_index"] == "0"}
     try:
-        return {Path(r["image"]).name: r["captions"][0] for r in json.loads(path.read_text())}
+        rows = json.loads(path.read_text())
+        if rows and all("image_id" in r for r in rows):  # COCO results: the first caption of each image
+            return {r["image_id"]: str(r["caption"]) for r in reversed(rows)}
+        return {Path(r["image"]).name: r["captions"][0] for r in rows}
     except (json.JSONDecodeError, KeyError, TypeError, IndexError):
-        raise SystemExit(f"error: {path}: not the JSON generate.py writes ([{{\"image\", \"captions\"}}, ...])") from None
+        raise SystemExit(f"error: {path}: neither the JSON generate.py writes ([{{\"image\", \"captions\"}}, ...]) "
+                         "nor COCO results ([{\"image_id\", \"caption\"}, ...])") from None
+
+
+def matched(generated, references):
+    """generated, keyed by the references' own names: a name with its subfolder, or a COCO image_id."""
+    by_file = {Path(n).name: n for n in references.captions}
+    by_id = {image_id(n): n for n in references.captions}
+    return {n if n in references.captions else by_file.get(str(n)) or by_id.get(n, n): c for n, c in generated.items()}
 
 
 BATCH = 32  # images read and captioned at a time: a folder of thousands never sits in memory at once
@@ -84,9 +96,8 @@ def main(argv=None):
         raise SystemExit(f"error: {e}") from None
     if args.model:
         generated = caption_with_model(args, references.names(args.split))
-    else:  # generate.py's files name images by path: take the reference's name (with its subfolder) that ends it
-        by_file = {Path(n).name: n for n in references.captions}
-        generated = {n if n in references.captions else by_file.get(Path(n).name, n): c for n, c in generated.items()}
+    else:
+        generated = matched(generated, references)
     names = [n for n in sorted(generated) if args.split is None or references.splits.get(n) == args.split]
     unknown = [n for n in names if n not in references.captions]
     if unknown:

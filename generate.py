@@ -28,6 +28,7 @@ from tqdm import tqdm
 from captioner.cli import add_device_flag, load_captioner
 from captioner.flags import add_dataclass_flags
 from captioner.pictures import save_attention_picture
+from data.captions import image_id
 from data.images import load_images
 from model.errors import CaptionerError
 from model.sampling import DecodingOptions
@@ -46,6 +47,8 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=32, help="images captioned together (default: 32)")
     p.add_argument("--json", help="write the captions to this JSON file")
     p.add_argument("--csv", help="write the captions to this CSV file")
+    p.add_argument("--coco-results", metavar="FILE", help="write the first caption of each image in the COCO results "
+                   "format, [{\"image_id\": 42, \"caption\": ...}], the id read from the file name")
     p.add_argument("--attention", metavar="DIR", help="write one attention picture per image into DIR")
     p.add_argument("--layer", default="mean", help="decoder layer for the pictures (0-based), or 'mean' (default: mean)")
     p.add_argument("--region", help="x0,y0,x1,y1 in pixels: caption only this box")
@@ -126,6 +129,9 @@ def caption_images(args):
     print_table(results)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
+    if args.coco_results:  # what COCO's evaluation server and pycocoevalcap read
+        coco = [{"image_id": image_id(r["image"]), "caption": r["captions"][0]} for r in results]
+        Path(args.coco_results).write_text(json.dumps(coco))
     if args.csv:
         with open(args.csv, "w", newline="") as f:
             writer = csv.writer(f)

@@ -213,6 +213,13 @@ def read_captions(path, val_fraction=0.05, test_fraction=0.05, seed=0):
     return result
 
 
+def image_id(name):
+    """The number COCO and Flickr30k name an image by: the last run of digits in its file name
+    (COCO_val2014_000000000042.jpg: 42, 1000092795.jpg: 1000092795); the name itself where it has none."""
+    digits = re.findall(r"\d+", Path(str(name)).stem)
+    return int(digits[-1]) if digits else Path(str(name)).name
+
+
 def random_splits(names, val_fraction, test_fraction, seed):
     """A reproducible split for files that carry none."""
     shuffled = names[:]

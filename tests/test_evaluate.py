@@ -45,3 +45,29 @@ def test_bad_arguments_get_one_line(argv, message, capsys):
         evaluate.main(argv)
     text = str(error.value.code) + capsys.readouterr().err
     assert message in text
+
+
+def test_coco_results_written_by_generate_and_by_another_tool_score_the_same(shapes_model, tmp_path):
+    """generate.py --coco-results writes [{"image_id", "caption"}]; evaluate.py reads it against a COCO
+    captions file (images named COCO_val2014_<id>.jpg, as COCO's are), and a results file another tool wrote
+    (ids in another order, a second caption for one image, as pycocoevalcap's users have them) scores the same."""
+    folder = tmp_path / "val2014"
+    folder.mkdir()
+    images, annotations = [], []
+    for i, scene in enumerate(make_split("test", 6, 32)):
+        name = f"COCO_val2014_{1000 + 7 * i:012d}.jpg"
+        Image.fromarray(scene.image).resize((64, 64), Image.NEAREST).save(folder / name, quality=95)
+        images.append({"id": 1000 + 7 * i, "file_name": name})
+        annotations += [{"id": len(annotations), "image_id": 1000 + 7 * i, "caption": c} for c in scene.captions]
+    refs = tmp_path / "captions_val2014.json"
+    refs.write_text(json.dumps({"images": images, "annotations": annotations}))
+    generate.main([str(shapes_model), str(folder), "--coco-results", str(tmp_path / "results.json"),
+                   "--json", str(tmp_path / "ours.json")])
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert sorted(r["image_id"] for r in results) == [1000 + 7 * i for i in range(6)]
+    theirs = [{"image_id": r["image_id"], "caption": r["caption"]} for r in reversed(results)]
+    theirs.append({"image_id": results[0]["image_id"], "caption": "a second caption, not scored"})
+    (tmp_path / "theirs.json").write_text(json.dumps(theirs))
+    ours = evaluate.main([str(tmp_path / "ours.json"), str(refs), "--no-java"])
+    assert evaluate.main([str(tmp_path / "results.json"), str(refs), "--no-java"]) == ours
+    assert evaluate.main([str(tmp_path / "theirs.json"), str(refs), "--no-java"]) == ours
