@@ -53,8 +53,11 @@ from model.checkpoint import (
     check_fits,
     load_checkpoint,
     model_config,
+    read_json,
+    replace_atomically,
     save_checkpoint,
 )
+from model.config import to_dict
 from model.decoder import DecoderConfig
 from model.errors import CaptionerError
 from model.hugging_face import gpt2_captioning_decoder, load_gpt2_weights
@@ -79,6 +82,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=list(PRESETS), default="tiny",
                         help="starting values, which any other flag changes (default: tiny)")
+    parser.add_argument("--config", metavar="FILE", help="start from a run's settings instead of a preset: the "
+                        "train_config.json every run writes in its --out folder; other flags change them")
     fields = {}  # argparse dest -> (part, field name)
     for title, part, cls in FLAG_GROUPS:
         others = [p for p in PRESETS if p != "tiny"]
@@ -96,7 +101,11 @@ def parse_args(argv=None):
             (given if part == "run" else given[part])[name] = getattr(args, dest)
     if Path(given.get("data", "")).stem == "metadata" and not given.get("images"):  # imagefolder: beside the images
         given["images"] = str(Path(given["data"]).parent)
-    config = config_with(args.preset, **given)
+    try:
+        start = read_json(args.config, ValueError) if args.config else None
+        config = config_with(args.config or args.preset, start, **given) if start else config_with(args.preset, **given)
+    except ValueError as e:  # not JSON, or a field unknown or out of range: one line naming the file
+        parser.error(str(e))
     if config.data != "shapes" and not (config.data and config.images):
         parser.error("a caption file needs --data CAPTIONS and --images FOLDER")
     if config.best_metric not in BEST_METRICS:
@@ -441,6 +450,9 @@ def start_run(config):
     torch.manual_seed(config.seed)
     rank, world, device = start_processes(config)
     Path(config.out).mkdir(parents=True, exist_ok=True)
+    if rank == 0:  # the run's settings in a file of their own: read them, or start another run with --config
+        replace_atomically(Path(config.out) / "train_config.json",
+                           lambda tmp: tmp.write_text(json.dumps(to_dict(config), indent=1) + "\n"))
     encoder = resumed and {k[len("encoder."):]: v for k, v in resumed["model"].items() if k.startswith("encoder.")}
     splits, source, frozen_vit = load_data(config, device, rank, world, encoder)
     if not len(splits["val"].rows):

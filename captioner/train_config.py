@@ -92,14 +92,15 @@ PRESETS = {
 DERIVED = {"run": {"vit", "decoder"}, "vit": {"output_dim"}, "decoder": {"vocab_size", "clip_dim", "patch_dim"}}
 
 
-def config_with(preset="tiny", **overrides):
+def config_with(preset="tiny", start=None, **overrides):
     """TrainConfig of a preset, with overrides; nested configs take dicts of their own fields:
-    config_with("flickr30k", batch_size=32, decoder={"layers": 4})."""
-    values = dataclasses.asdict(TrainConfig())
-    for changes in (PRESETS[preset], overrides):
+    config_with("flickr30k", batch_size=32, decoder={"layers": 4}). start: a saved run's settings (the dict of
+    its train_config.json) to begin from instead of a preset."""
+    values = dataclasses.asdict(TrainConfig() if start is None else TrainConfig.from_dict(start, preset))
+    for changes in (PRESETS[preset] if start is None else {}, overrides):
         for name, value in changes.items():
             if name in ("vit", "decoder"):
                 values[name] = dict(values[name], **value)
             else:
                 values[name] = value
-    return TrainConfig.from_dict(values, f"preset {preset!r}")
+    return TrainConfig.from_dict(values, f"preset {preset!r}" if start is None else preset)

@@ -123,3 +123,17 @@ def test_train_and_evaluate_read_an_imagefolder(photo_folder, tmp_path):
     scores = evaluate.main([str(folder / "metadata.csv"), "--model", str(tmp_path / "folder" / "model"),
                             "--images", str(folder), "--split", "val"])
     assert set(scores) >= {"BLEU-4", "CIDEr-D"}
+
+
+def test_every_run_writes_its_settings_and_config_starts_a_run_from_them(tmp_path, capsys):
+    run(tmp_path, "first", "--stop-after", "1", "--lr", "0.002")
+    saved = json.loads((tmp_path / "first" / "train_config.json").read_text())
+    assert saved["lr"] == 0.002 and saved["decoder"]["width"] == 32 and saved["vit"]["layers"] == 1
+    config = train.parse_args(["--config", str(tmp_path / "first" / "train_config.json"), "--out", str(tmp_path / "b"),
+                               "--decoder-layers", "2"])
+    assert config.lr == 0.002 and config.vit.layers == 1 and config.decoder.width == 32  # from the file
+    assert config.decoder.layers == 2 and config.out == str(tmp_path / "b")  # the flags change it
+    (tmp_path / "bad.json").write_text(json.dumps(dict(saved, decoder=dict(saved["decoder"], layers=10**6))))
+    with pytest.raises(SystemExit):
+        train.parse_args(["--config", str(tmp_path / "bad.json")])
+    assert "bad.json, decoder: layers must be a number from 1 to 128" in capsys.readouterr().err
