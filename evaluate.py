@@ -59,7 +59,7 @@ BATCH = 32  # images read and captioned at a time: a folder of thousands never s
 
 def caption_with_model(args, names):
     """{image file name: caption} of the named images in --images, captioned by --model."""
-    captioner = load_captioner(args.model, args.device)
+    captioner = load_captioner(args.model, args.device, dtype=args.dtype)
     captions = {}
     for start in tqdm(range(0, len(names), BATCH), desc="captioning", unit="batch", disable=len(names) <= BATCH):
         loaded, errors = load_images([Path(args.images) / name for name in names[start : start + BATCH]])

@@ -92,7 +92,7 @@ def main(argv=None):
 
 
 def caption_images(args):
-    captioner = load_captioner(args.model, args.device, args.download)
+    captioner = load_captioner(args.model, args.device, args.download, args.dtype)
     layer = None if args.layer == "mean" else int(args.layer)
     paths = find_images(args.images)
     if not paths:

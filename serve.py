@@ -41,7 +41,7 @@ def main(argv=None):
     from server.app import create_app
     from server.guard import LOOPBACK
 
-    captioner = load_captioner(args.model, args.device)
+    captioner = load_captioner(args.model, args.device, dtype=args.dtype)
     path = Path(args.model).resolve()
     name = path.parent.name if path.name in ("model", "checkpoint.pt") else path.name  # runs/shapes/model: "shapes"
     given = {field: getattr(args, dest) for dest, field in limits.items() if getattr(args, dest) is not None}

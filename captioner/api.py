@@ -225,8 +225,14 @@ class Captioner:
     def device(self):
         return next(self.model.parameters()).device
 
-    def to(self, device):
-        self.model.to(device)
+    @property
+    def dtype(self):
+        """The weights' dtype, which images are given in: float32, or bfloat16 / float16 for faster inference."""
+        return next(self.model.parameters()).dtype
+
+    def to(self, device=None, dtype=None):
+        """Move the model to `device` and/or cast its weights to `dtype` (captioning follows both)."""
+        self.model.to(device=device, dtype=dtype)
         return self
 
     # -- captioning ----------------------------------------------------------------------------
@@ -272,7 +278,7 @@ class Captioner:
 
     def caption_pictures(self, pictures, names, options, region, mask, attention, generator, deadline=None):
         """Caption a batch of RGB PIL images (names: for messages); see caption()."""
-        pixels = torch.stack([self.transform(p) for p in pictures]).to(self.device)  # (B, 3, S, S)
+        pixels = torch.stack([self.transform(p) for p in pictures]).to(self.device, self.dtype)  # (B, 3, S, S)
         patch_mask = prefix_images = None
         if region is not None or mask is not None:
             patch_mask, prefix_images = self.region_inputs(pictures, names, region, mask)
@@ -300,7 +306,7 @@ class Captioner:
                 box, pixel_mask = fit_box(region, W, H, name), None
             masks.append(region_patch_mask(self.preprocess, W, H, grid, box, pixel_mask))
             crops.append(self.transform(picture.crop(tuple(round(v) for v in box))))
-        return torch.stack(masks).to(self.device), torch.stack(crops).to(self.device)
+        return torch.stack(masks).to(self.device), torch.stack(crops).to(self.device, self.dtype)
 
     def details(self, pixels, ids, texts, patch_mask, prefix_images, b):
         """A Caption for image b: per-word cross-attention of its first caption, rollout, the model's view."""
