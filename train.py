@@ -7,7 +7,8 @@
 
 Writes OUT/checkpoint.pt (for --resume), OUT/model/ (config.json + model.safetensors: the model to
 share, caption with and serve), OUT/best/ (the same, for the epoch with the best validation score),
-metrics.jsonl and loss_curve.png.
+train_config.json (the run's settings: --config FILE starts another run from them), metrics.jsonl,
+loss_curve.png and metric_curves.png; with --tensorboard, OUT/tensorboard/ for a live view.
 
 Several processes: `torchrun --nproc_per_node N train.py ...` (DistributedDataParallel; each process
 takes its share of every batch, process 0 alone validates, logs and writes files).
@@ -29,9 +30,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from captioner.api import Captioner, hub_download
+from captioner.api import Captioner, evaluating, hub_download
 from captioner.cli import pick_device
 from captioner.flags import add_dataclass_flags, shown
+from captioner.pictures import attention_figure
 from captioner.train_config import DERIVED, PRESETS, TrainConfig, config_with
 from data.batches import epoch_batches, make_pairs
 from data.captions import check_images, read_captions
@@ -326,6 +328,27 @@ def write_loss_curve(log_path, png_path):
     fig.savefig(png_path, dpi=100)
 
 
+CURVES = ("val_CIDEr-D", "val_BLEU-4", "val_ROUGE-L", "val_exact", "val_token_accuracy")
+
+
+def write_metric_curves(log_path, png_path):
+    """One panel per validation score, by epoch: what the loss curve does not show."""
+    from matplotlib.figure import Figure
+
+    rows = [r for r in read_metrics(log_path) if "val_loss" in r]
+    fig = Figure(figsize=(3 * len(CURVES), 2.8))
+    for ax, name in zip(fig.subplots(1, len(CURVES)), CURVES):
+        points = [(r["epoch"], r[name]) for r in rows if name in r]
+        if points:
+            ax.plot(*zip(*points), "o-", lw=1)
+        ax.set_title(name.removeprefix("val_"))
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    fig.suptitle("validation, after every epoch")
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+
+
 # ----------------------------------------------------------------------------------------------
 # The training loop
 
@@ -364,6 +387,7 @@ class Run:
     train_pairs: list  # (image row, caption token ids)
     val_pairs: list
     steps_per_epoch: int
+    board: object = None  # a TensorBoard SummaryWriter with --tensorboard, else None
     step: int = 0
     best: dict = field(default_factory=lambda: {"score": None, "stale": 0})  # best validation score, validations since
     started: float = field(default_factory=time.time)
@@ -394,6 +418,8 @@ def train(config):
     run = start_run(config)
     if training_loop(run) and run.lead:
         final_report(run)
+    if run.board is not None:
+        run.board.close()
     return finish(run.model, run.world)
 
 
@@ -471,6 +497,8 @@ def start_run(config):
               torch.amp.GradScaler(device.type) if autocast == torch.float16 else None, autocast, train_pairs,
               make_pairs(splits["val"].rows, splits["val"].targets, tokenizer, max_len),  # what is taught
               len(train_pairs) // config.batch_size)
+    if config.tensorboard and run.lead:
+        run.board = tensorboard_writer(run.out / "tensorboard")
     if resumed is not None:
         restore(run, resumed)
     elif run.log_path.exists() and run.lead:
@@ -480,6 +508,16 @@ def start_run(config):
               f"vocabulary {tokenizer.vocab_size:,}, {sum(p.numel() for p in params) / 1e6:.2f}M trainable "
               f"parameters, {device}" + (f", {world} processes" if world > 1 else ""))
     return run
+
+
+def tensorboard_writer(folder):
+    """A SummaryWriter logging to `folder`, or None (with one line) where tensorboard is not installed."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        print("warning: --tensorboard needs `pip install tensorboard`; logging to metrics.jsonl only")
+        return None
+    return SummaryWriter(str(folder))
 
 
 def wrapped(model, config, device, world):
@@ -574,7 +612,28 @@ def end_of_epoch(run, record, epoch):
         run.best["stale"] += 1
         patience_ran_out = bool(config.patience and run.best["stale"] >= config.patience)
     tqdm.write(f"epoch {epoch + 1}: {summary}  ({time.time() - run.started:.0f}s)")
+    if run.board is not None:
+        show_samples(run)
     return patience_ran_out
+
+
+@torch.no_grad()
+def show_samples(run, count=4):
+    """TensorBoard: a few validation captions beside a reference each, and where the model looked while
+    writing the first (when it reads images as pixels, not cached features)."""
+    val = run.splits["val"]
+    rows = val.rows[:count]
+    captions = run.captioner.caption_source(run.source, rows)
+    lines = [f"**{c}** (a reference: {refs[0]})" for c, refs in zip(captions, val.references[:count])]
+    run.board.add_text("validation/captions", "\n\n".join(lines), run.step)
+    images = run.source.get(rows[:1], run.device).get("images")
+    if images is None or run.model.encoder is None:
+        return
+    tokenizer = run.captioner.tokenizer
+    with evaluating(run.model):
+        ids = run.model.generate(tokenizer.bos_id, tokenizer.eos_id, images=images)[0][0]
+        caption = run.captioner.details(images[0], ids, captions[:1], None, None, 0)
+    run.board.add_figure("validation/attention", attention_figure(caption), run.step)
 
 
 def log_and_checkpoint(run, record, due):
@@ -582,6 +641,10 @@ def log_and_checkpoint(run, record, due):
     steps and at the last step."""
     with open(run.log_path, "a") as f:
         f.write(json.dumps(record) + "\n")
+    if run.board is not None:
+        for name, value in record.items():
+            if name not in ("step", "epoch", "best") and isinstance(value, (int, float)):
+                run.board.add_scalar(name.replace("val_", "validation/").replace("train_", "train/"), value, run.step)
     if due or run.step % run.config.checkpoint_every == 0 or run.step == run.total_steps:
         state = checkpoint_state(run.model, run.optimizer, run.scaler, run.config, run.captioner.tokenizer, run.step,
                                  run.captioner.preprocess, run.best)
@@ -596,8 +659,9 @@ def final_report(run):
     run.captioner.save_pretrained(run.out / "model")
     try:
         write_loss_curve(run.log_path, run.out / "loss_curve.png")
+        write_metric_curves(run.log_path, run.out / "metric_curves.png")
     except (OSError, ValueError) as e:  # a picture, not worth the run
-        print(f"warning: no loss curve ({e})")
+        print(f"warning: no loss or metric curves ({e})")
     test = run.splits["test"] if len(run.splits["test"].rows) else run.splits["val"]
     name = "test" if test is run.splits["test"] else "val"
     captions = run.captioner.caption_source(run.source, test.rows)

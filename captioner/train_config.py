@@ -59,6 +59,7 @@ class TrainConfig:
     resume: bool = False  # continue from OUT/checkpoint.pt with the settings it was started with
     stop_after: int = 0  # stop (with a checkpoint) after this many steps; 0 = run to the end
     progress_every: float = 0.1  # seconds between redraws of the progress bar; 10 keeps a notebook's or a log's output short
+    tensorboard: bool = False  # also log to OUT/tensorboard (pip install tensorboard): losses, learning rate, validation scores, sample captions and attention
     # your own code (exercises/README.md)
     student_code: str = ""  # exercises whose code you wrote to train with, e.g. "attention,block" or "all"
     student_dir: str = "my_exercises"  # the folder with your exercise files (python -m exercises)

@@ -137,3 +137,30 @@ def test_every_run_writes_its_settings_and_config_starts_a_run_from_them(tmp_pat
     with pytest.raises(SystemExit):
         train.parse_args(["--config", str(tmp_path / "bad.json")])
     assert "bad.json, decoder: layers must be a number from 1 to 128" in capsys.readouterr().err
+
+
+def test_tensorboard_logs_what_a_user_watches(tmp_path):
+    """--tensorboard: the run's event file, read back with TensorBoard's own reader, holds the training loss
+    and learning rate every step, every validation score every epoch, sample captions and an attention picture;
+    metric_curves.png is drawn beside loss_curve.png."""
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator",
+                                            reason="tensorboard is not installed")
+    run(tmp_path, "board", "--tensorboard")
+    log = event_accumulator.EventAccumulator(str(tmp_path / "board" / "tensorboard"),
+                                             size_guidance={"tensors": 0, "images": 0, "scalars": 0})
+    log.Reload()
+    tags = log.Tags()
+    assert {"train/loss", "lr", "validation/CIDEr-D", "validation/BLEU-4", "validation/loss"} <= set(tags["scalars"])
+    assert len(log.Scalars("train/loss")) == 16 and len(log.Scalars("validation/CIDEr-D")) == 2  # 8 steps an epoch
+    assert "validation/attention" in tags["images"] and "validation/captions/text_summary" in tags["tensors"]
+    assert (tmp_path / "board" / "metric_curves.png").exists()
+
+
+def test_tensorboard_missing_is_one_line(tmp_path, monkeypatch, capsys):
+    import builtins
+
+    real_import = builtins.__import__
+    monkeypatch.setattr(builtins, "__import__", lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name))
+                        if name.startswith("torch.utils.tensorboard") else real_import(name, *a, **k))
+    run(tmp_path, "none", "--tensorboard", "--stop-after", "2")
+    assert "warning: --tensorboard needs `pip install tensorboard`; logging to metrics.jsonl only" in capsys.readouterr().out
