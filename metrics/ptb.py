@@ -7,7 +7,6 @@ words and abbreviations ("u.s.", "mr."); brackets become -lrb- / -rrb- and, as i
 filter is upper case), are kept. tests/test_metrics.py checks it against the Java tokenizer.
 """
 
-import html
 import re
 
 DROPPED = {"''", "'", "``", "`", ".", "?", "!", ",", ":", "-", "--", "...", ";"}  # pycocoevalcap's PUNCTUATIONS
@@ -51,13 +50,29 @@ def split_token(token):
     return front + middle + back
 
 
+ENTITIES = {"&amp;": "&", "&lt;": "<", "&gt;": ">", "&quot;": '"', "&apos;": "'", "&nbsp;": " "}  # what Java reads as text
+AMPERSAND, SEMICOLON, HASH = "\x00", "\x01", "\x02"  # stand-ins that keep AT&T, &#39; and caf&eacute; whole
+
+
+def unescape(text):
+    """HTML entities as Stanford's tokenizer reads them: the six above become their characters; a numeric one
+    (&#39;) stays, as a token of its own; any other named one (&eacute;) stays inside its word. Capital letters
+    joined by & (AT&T, Q&A, Texas A&M) stay one token, the letters after them split off (AT&Tx: at&t x)."""
+    for entity, char in ENTITIES.items():
+        text = text.replace(entity, char)
+    text = re.sub(r"&#(\d+);", lambda m: f" {AMPERSAND}{HASH}{m.group(1)}{SEMICOLON} ", text)
+    text = re.sub(r"&([A-Za-z]+);", lambda m: f"{AMPERSAND}{m.group(1)}{SEMICOLON}", text)
+    return re.sub(r"([A-Z]+)&([A-Z]+)([a-z]?)", lambda m: f"{m.group(1)}{AMPERSAND}{m.group(2)}"
+                  + (f" {m.group(3)}" if m.group(3) else ""), text)
+
+
 def ptb_tokenize(caption):
     """A caption as the COCO evaluation sees it: lower-case PTB tokens without punctuation, joined by spaces."""
-    text = html.unescape(caption).lower().replace("\xa0", " ").replace("\n", " ")  # &amp; -> &, as Java reads it
+    text = unescape(caption).lower().replace("\xa0", " ").replace("\n", " ")
     text = re.sub(r"#(?=\d)", "# ", text)  # "#15" -> "# 15"
     text = re.sub(r"--+", " -- ", text)
     text = re.sub(r"\.\.\.+", " ... ", text)
-    text = re.sub(r"([()\[\]{}\";!?&])", r" \1 ", text)  # always their own token
+    text = re.sub(r"([()\[\]{}\";!?&<>])", r" \1 ", text)  # always their own token
     text = re.sub(r",(?!\d)|(?<!\d),", " , ", text)  # commas, except inside numbers like 1,000
     text = re.sub(r":(?!\d)|(?<!\d):", " : ", text)  # colons, except inside times like 3:30
     tokens = []
@@ -65,4 +80,4 @@ def ptb_tokenize(caption):
         tokens += split_token(piece)
     tokens = [BRACKETS.get(t, t) for t in tokens]
     tokens = ["``" if t == '"' else t for t in tokens]
-    return " ".join(t for t in tokens if t not in DROPPED)
+    return " ".join(t for t in tokens if t not in DROPPED).replace(AMPERSAND, "&").replace(SEMICOLON, ";").replace(HASH, "#")

@@ -105,12 +105,25 @@ def test_ptb_tokenizer_equals_stanford_on_tricky_captions():
     assert [ptb_tokenize(c) for c in TRICKY] == java_ptb(list(TRICKY))
 
 
+ENTITIES = ["it&apos;s", "a&nbsp;b", "caf&eacute; sign", "Q&amp;A time", "AT&T store", "AT&amp;Tx", "ATT&amp;t",
+            "A&amp;w", "b&amp;W", "B&amp;W photo", "US&amp;A", "a &#39;quote&#39; here", "AT &amp; T", "3&amp;4",
+            "I&amp;II", "a&amp;m logo", "I&lt;3NY shirt", "fish &lt; chips &gt;", "&quot;hi&quot; he said",
+            "Texas A&amp;M's team", "The biker sponsored by H&amp;R Block."]
+
+
+def test_ptb_tokenizer_equals_stanford_on_html_entities_and_ampersands():
+    """Stanford reads six entities as their characters and keeps other ones; capitals joined by & stay one
+    token (at&t, a&m), lower case ones split (a & m)."""
+    assert [ptb_tokenize(c) for c in ENTITIES] == java_ptb(ENTITIES)
+
+
 def test_ptb_tokenizer_equals_stanford_on_real_flickr_captions():
-    images = json.load(open(shared_file("flickr30k-captions.json")))["images"][:6000]
-    captions = [s["raw"].replace("\n", " ") for im in images for s in im["sentences"]]
-    java = java_ptb(captions)
-    same = sum(ptb_tokenize(c) == j for c, j in zip(captions, java))
-    assert same / len(captions) > 0.999  # measured on all 155,070: 39 differ, HTML oddities and Java quirks
+    images = json.load(open(shared_file("flickr30k-captions.json")))["images"]
+    captions = [s["raw"].replace("\n", " ") for im in images[:1000] for s in im["sentences"]]
+    assert [ptb_tokenize(c) for c in captions] == java_ptb(captions)  # the first 5,000: every one equal
+    captions = [s["raw"].replace("\n", " ") for im in images[:6000] for s in im["sentences"]]
+    same = sum(ptb_tokenize(c) == j for c, j in zip(captions, java_ptb(captions)))
+    assert same / len(captions) > 0.999  # on all 155,070: 28 differ ('n', Dunkin', a lone "p." after a stop)
 
 
 @pytest.mark.skipif(shutil.which("java") is None, reason="METEOR runs in Java, and java is not installed")
