@@ -71,6 +71,20 @@ def caption_with_model(args, names):
 
 
 
+def clip_scores_of(args, names, candidates, references):
+    """CLIPScore and RefCLIPScore of the named images in --images (metrics/clipscore.py)."""
+    from metrics.clipscore import clip_scores
+
+    if not args.images:
+        raise SystemExit("error: --clipscore needs --images FOLDER: it compares each caption with its image")
+    name, _, weights = args.clipscore.partition(":")
+    loaded, errors = load_images([Path(args.images) / n for n in names])
+    if errors:
+        raise SystemExit(f"error: --clipscore needs every scored image; {errors[0]}")
+    return clip_scores([picture for _, picture in loaded], candidates, references, name,
+                       None if weights in ("", "none") else weights)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("files", nargs="+", metavar="[CAPTIONS] REFERENCES",
@@ -81,12 +95,17 @@ def main(argv=None):
     p.add_argument("--images", help="with --model: the folder of the images the references name")
     p.add_argument("--beam", type=int, default=1, help="with --model: beam size (default: 1, greedy)")
     add_device_flag(p, when="with --model: ")
+    p.add_argument("--clipscore", nargs="?", const="ViT-B-32:openai", metavar="MODEL:WEIGHTS",
+                   help="also CLIPScore and RefCLIPScore with an OpenCLIP model (default: ViT-B-32:openai, as the "
+                        "metric's authors, downloaded on first use; :none is random, for tests); needs --images")
     p.add_argument("--java", action=argparse.BooleanOptionalAction, default=True,
                    help="METEOR and SPICE with pycocoevalcap's Java code, where Java and pycocoevalcap are "
                         "installed; each skipped with one line otherwise (default: on)")
     args = p.parse_args(argv)
     if len(args.files) != (1 if args.model else 2):
         p.error("give CAPTIONS REFERENCES, or --model MODEL --images FOLDER REFERENCES")
+    if args.clipscore and not args.images:
+        p.error("--clipscore needs --images FOLDER: it compares each caption with its image")
     if args.model and not args.images:
         p.error("--model needs --images FOLDER")
     generated = read_generated(args.files[0]) if not args.model else None
@@ -107,6 +126,8 @@ def main(argv=None):
         raise SystemExit("error: no captioned image to score")
     candidates, refs = [generated[n] for n in names], [references.captions[n] for n in names]
     scores = score_captions(candidates, refs)
+    if args.clipscore:
+        scores |= clip_scores_of(args, names, candidates, refs)
     if args.java:
         java, skipped = java_scores(candidates, refs)
         scores |= java

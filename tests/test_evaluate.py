@@ -71,3 +71,11 @@ def test_coco_results_written_by_generate_and_by_another_tool_score_the_same(sha
     ours = evaluate.main([str(tmp_path / "ours.json"), str(refs), "--no-java"])
     assert evaluate.main([str(tmp_path / "results.json"), str(refs), "--no-java"]) == ours
     assert evaluate.main([str(tmp_path / "theirs.json"), str(refs), "--no-java"]) == ours
+
+
+def test_clipscore_through_evaluate(shapes_model, scored_folder, tmp_path):
+    images = [str(scored_folder / f"{i}.png") for i in range(10)]
+    generate.main([str(shapes_model), *images, "--json", str(tmp_path / "c.json")])
+    scores = evaluate.main([str(tmp_path / "c.json"), str(scored_folder / "refs.json"), "--images", str(scored_folder),
+                            "--clipscore", "ViT-S-32:none", "--no-java"])
+    assert 0 <= scores["CLIPScore"] <= 2.5 and "RefCLIPScore" in scores and "BLEU-4" in scores

@@ -152,3 +152,48 @@ def test_a_java_metric_that_cannot_run_is_skipped_with_one_line(monkeypatch):
     monkeypatch.setattr(java.shutil, "which", lambda name: None)
     scores, skipped = java.java_scores(["a dog"], [["a dog"]])
     assert scores == {} and len(skipped) == 2 and all("\n" not in s and "java is not installed" in s for s in skipped)
+
+
+def reference_clipscore(image_feats, candidate_feats, reference_feats, w=2.5):
+    """The authors' clipscore.py (github.com/jmhessel/clipscore: get_clip_score, get_refonlyclipscore and the
+    F-score in main), in numpy, on features it would have extracted: per-image scores and their means."""
+    import numpy as np
+
+    images = image_feats / np.sqrt(np.sum(image_feats**2, axis=1, keepdims=True))
+    candidates = candidate_feats / np.sqrt(np.sum(candidate_feats**2, axis=1, keepdims=True))
+    per = w * np.clip(np.sum(images * candidates, axis=1), 0, None)
+    text = []
+    for c, refs in zip(candidates, reference_feats):
+        refs = refs / np.sqrt(np.sum(refs**2, axis=1, keepdims=True))
+        text.append(np.max(c.dot(refs.T)))
+    text = np.array(text)
+    return np.mean(per), np.mean(2 * per * text / (per + text))
+
+
+def test_clipscore_equals_the_authors_computation():
+    """Our CLIPScore and RefCLIPScore (metrics/clipscore.py) equal the authors' steps on the same OpenCLIP model
+    (random ViT-S-32 weights: nothing is downloaded), texts prefixed "A photo depicts " as theirs are."""
+    open_clip = pytest.importorskip("open_clip")
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from metrics.clipscore import clip_scores
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)) for _ in range(3)]
+    candidates = ["a dog on grass", "a red bike", "two kids in snow"]
+    references = [["a dog runs", "a brown dog"], ["a man rides a bike"], ["children play", "kids", "snow day"]]
+    torch.manual_seed(0)
+    ours = clip_scores(images, candidates, references, "ViT-S-32", None)
+    torch.manual_seed(0)  # the same random model, built the same way
+    model, _, preprocess = open_clip.create_model_and_transforms("ViT-S-32", pretrained=None)
+    tokenizer = open_clip.get_tokenizer("ViT-S-32")
+    with torch.no_grad():
+        image_feats = model.eval().encode_image(torch.stack([preprocess(i) for i in images])).numpy()
+        def text(strings):
+            return model.encode_text(tokenizer(["A photo depicts " + s for s in strings])).numpy()
+
+        clip_s, ref_clip_s = reference_clipscore(image_feats, text(candidates), [text(r) for r in references])
+    assert ours["CLIPScore"] == pytest.approx(clip_s, rel=1e-4) and ours["RefCLIPScore"] == pytest.approx(ref_clip_s, rel=1e-4)
+    assert clip_s > 0 and ref_clip_s > clip_s  # not the degenerate all-zero case
