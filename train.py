@@ -13,8 +13,9 @@ loss_curve.png and metric_curves.png; with --tensorboard, OUT/tensorboard/ for a
 Several processes: `torchrun --nproc_per_node N train.py ...` (DistributedDataParallel; each process
 takes its share of every batch, process 0 alone validates, logs and writes files).
 
-Reads top to bottom: configuration, data, model, evaluation, checkpoints, then the run: set up (start_run),
-the loop (training_loop), the final report (final_report).
+Reads top to bottom: configuration, data, model, evaluation, then the run: set up (start_run),
+the loop (training_loop), the final report (final_report). What a run writes besides its model folder
+(checkpoint state, metrics.jsonl, curves, TensorBoard) is in captioner/run_files.py.
 """
 
 import argparse
@@ -34,6 +35,12 @@ from captioner.api import Captioner, evaluating, hub_download
 from captioner.cli import pick_device
 from captioner.flags import add_dataclass_flags, shown
 from captioner.pictures import attention_figure
+from captioner.run_files import (
+    checkpoint_state,
+    tensorboard_writer,
+    write_loss_curve,
+    write_metric_curves,
+)
 from captioner.train_config import DERIVED, PRESETS, TrainConfig, config_with
 from data.batches import epoch_batches, make_pairs
 from data.captions import check_images, read_captions
@@ -269,87 +276,6 @@ def validate(captioner, source, val, val_pairs, config, device):
 
 
 # ----------------------------------------------------------------------------------------------
-# Checkpoints (written atomically by model/checkpoint.py): only tensors and plain values, so that
-# --resume reads them with torch.load(weights_only=True). The model folder is written at the end.
-
-
-def checkpoint_state(model, optimizer, scaler, config, tokenizer, step, preprocess, best):
-    return {
-        "best": best,  # the best validation score so far and the validations since it
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict() if scaler is not None else None,  # float16's loss scale
-        "model_config": model.config.to_dict(),
-        "train_config": dataclasses.asdict(config),
-        "tokenizer": tokenizer.to_dict(),
-        "preprocess": preprocess,
-        "step": step,
-        "rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-    }
-
-
-def read_metrics(log_path):
-    """metrics.jsonl's records. A line that is not JSON (the last one, cut short when a run was killed while
-    writing it) is left out with a warning naming it, never a crash: the run's model matters more."""
-    rows = []
-    for n, line in enumerate(Path(log_path).read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            row = None
-        if isinstance(row, dict):
-            rows.append(row)
-        elif line.strip():
-            print(f"warning: {log_path}, line {n}: not a JSON record (cut short?); left out of the loss curve")
-    return rows
-
-
-def write_loss_curve(log_path, png_path):
-    from matplotlib.figure import (
-        Figure,  # no pyplot: leaves a notebook's plotting backend alone
-    )
-
-    rows = read_metrics(log_path)
-    train = [(r["step"], r["train_loss"]) for r in rows if "train_loss" in r]
-    val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
-    fig = Figure(figsize=(6, 3.5))
-    ax = fig.subplots()
-    if train:
-        ax.plot(*zip(*train), label="train loss", lw=1)
-    if val:
-        ax.plot(*zip(*val), "o-", label="validation loss")
-    ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy")
-    ax.set_yscale("log")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=100)
-
-
-CURVES = ("val_CIDEr-D", "val_BLEU-4", "val_ROUGE-L", "val_exact", "val_token_accuracy")
-
-
-def write_metric_curves(log_path, png_path):
-    """One panel per validation score, by epoch: what the loss curve does not show."""
-    from matplotlib.figure import Figure
-
-    rows = [r for r in read_metrics(log_path) if "val_loss" in r]
-    fig = Figure(figsize=(3 * len(CURVES), 2.8))
-    for ax, name in zip(fig.subplots(1, len(CURVES)), CURVES):
-        points = [(r["epoch"], r[name]) for r in rows if name in r]
-        if points:
-            ax.plot(*zip(*points), "o-", lw=1)
-        ax.set_title(name.removeprefix("val_"))
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-    fig.suptitle("validation, after every epoch")
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=100)
-
-
-# ----------------------------------------------------------------------------------------------
 # The training loop
 
 
@@ -508,16 +434,6 @@ def start_run(config):
               f"vocabulary {tokenizer.vocab_size:,}, {sum(p.numel() for p in params) / 1e6:.2f}M trainable "
               f"parameters, {device}" + (f", {world} processes" if world > 1 else ""))
     return run
-
-
-def tensorboard_writer(folder):
-    """A SummaryWriter logging to `folder`, or None (with one line) where tensorboard is not installed."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        print("warning: --tensorboard needs `pip install tensorboard`; logging to metrics.jsonl only")
-        return None
-    return SummaryWriter(str(folder))
 
 
 def wrapped(model, config, device, world):
