@@ -27,7 +27,8 @@ def parse_args(argv=None):
     p.add_argument("--dir", default=WORKSPACE, help=f"the folder with your exercise files (default: {WORKSPACE})")
     p.add_argument("--json", help="also write the results to this JSON file (for grading)")
     p.add_argument("--time-limit", type=float, default=TIME_LIMIT,
-                   help=f"seconds each exercise's check may take before it is stopped (default: {TIME_LIMIT})")
+                   help=f"seconds of CPU time each exercise's check may use before it is stopped, and at most 3 times as "
+                        f"long on the clock (default: {TIME_LIMIT})")
     return p.parse_args(argv)
 
 

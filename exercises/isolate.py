@@ -14,6 +14,7 @@ gets a FAILED line of its own; the other exercises are still checked.
 
 import os
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -24,13 +25,20 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent  # the project, so the child can import exercises and model
-TIME_LIMIT = 60  # seconds one exercise may take
+TIME_LIMIT = 60  # seconds of CPU time one exercise may take
+WALL_FACTOR = 3  # and at most this many times as long on the clock (a file that sleeps instead of computing)
 FILE_LIMIT = 64 * 2**20  # bytes the child may write to one file (what it prints included)
 ONE_AT_A_TIME = threading.Lock()  # verify() seeds torch and plugs into the model: both are global
 
 
-def limit_files():
-    resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_LIMIT, FILE_LIMIT))
+def limits(time_limit):
+    """What the child may use: FILE_LIMIT bytes per file, and time_limit seconds of CPU time. CPU time, not
+    wall time, stops an endless loop: a busy machine slows a correct check down without making it use more."""
+    def apply():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_LIMIT, FILE_LIMIT))
+        seconds = max(1, int(time_limit))
+        resource.setrlimit(resource.RLIMIT_CPU, (seconds, seconds + 1))
+    return apply
 
 
 def check_isolated(name, folder, time_limit=TIME_LIMIT):
@@ -49,9 +57,11 @@ def check_isolated(name, folder, time_limit=TIME_LIMIT):
         with open(printed, "wb") as out:
             try:
                 done = subprocess.run(command, cwd=tmp, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                      env=env, timeout=time_limit, preexec_fn=limit_files)
-            except subprocess.TimeoutExpired:
-                return Report(ex, 0, f"{path} was stopped after {time_limit:g} s: an endless loop, or far too much work?")
+                                      env=env, timeout=WALL_FACTOR * time_limit, preexec_fn=limits(time_limit))
+            except subprocess.TimeoutExpired:  # waiting, not computing: sleep() in a loop, or a blocked read
+                done = None
+        if done is None or done.returncode == -signal.SIGXCPU:
+            return Report(ex, 0, f"{path} was stopped after {time_limit:g} s: an endless loop, or far too much work?")
         size = printed.stat().st_size
         if not result.exists():
             last = last_line(printed)
