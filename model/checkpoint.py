@@ -179,6 +179,11 @@ def model_from_state(config_dict, weights, config_where, weights_where):
     if not isinstance(weights, dict) or not all(isinstance(t, torch.Tensor) for t in weights.values()):
         raise CheckpointError(f"{weights_where}: the weights are not a dict of tensors")
     check_fits(config, {name: t.shape for name, t in weights.items()}, config_where, weights_where)
+    return built(config, weights)
+
+
+def built(config, weights):
+    """The model `config` describes with `weights` loaded: call once check_fits has passed."""
     model = CaptionModel(config)
     model.load_state_dict(weights)
     return model
@@ -223,8 +228,9 @@ def load_model_folder(folder, device="cpu"):
     weights_path, where = folder / WEIGHTS_FILE, f"{folder / CONFIG_FILE}, model"
     if not weights_path.exists():
         raise CheckpointError(f"{weights_path}: missing; a model folder holds {CONFIG_FILE} and {WEIGHTS_FILE}")
-    check_fits(model_config(config["model"], where), safetensors_shapes(weights_path), where, weights_path)
-    model = model_from_state(config["model"], load_safetensors(weights_path), where, weights_path)
+    model_cfg = model_config(config["model"], where)
+    check_fits(model_cfg, safetensors_shapes(weights_path), where, weights_path)  # the header alone, before reading
+    model = built(model_cfg, load_safetensors(weights_path))  # safetensors gives the tensors the header described
     return model.to(device).eval(), config
 
 
