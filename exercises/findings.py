@@ -12,6 +12,8 @@ explains it. Each rule compares the student's output with the expected one on th
 
 import itertools
 import math
+from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -80,11 +82,36 @@ def structural(got, expected, args=(), names="result"):
         return shape_finding(got, expected, name)
     if got.is_complex() or got.dtype != expected.dtype and got.dtype == torch.bool:
         return None
+    compared = Compared(got, expected, name, args)
     for rule in RULES:  # the first rule that fits, most specific first
-        sentence = rule(got, expected, name, args)
+        sentence = rule(compared)
         if sentence:
             return sentence
     return None
+
+
+@dataclass
+class Compared:
+    """A student's output beside the expected one (same shape), what every rule reads; the derived views are
+    computed once, by the first rule that asks."""
+
+    got: torch.Tensor
+    expected: torch.Tensor
+    name: str
+    args: tuple
+
+    @cached_property
+    def g(self):
+        return self.got.double()
+
+    @cached_property
+    def e(self):
+        return self.expected.double()
+
+    @cached_property
+    def wrong(self):
+        """Where got differs from expected (boolean, the shape of got)."""
+        return ~torch.isclose(self.g, self.e, rtol=1e-4, atol=1e-5, equal_nan=True)
 
 
 def shape_finding(got, expected, name):
@@ -96,15 +123,16 @@ def shape_finding(got, expected, name):
     return None
 
 
-def nan_finding(got, expected, name, args):
+def nan_finding(c):
+    got, expected, name = c.got, c.expected, c.name
     nan = torch.isnan(got) & ~torch.isnan(expected) if got.is_floating_point() else torch.zeros(())
     if nan.any():
         return (f"{name} has NaN in {int(nan.sum())} of {got.numel()} places where a number belongs: a softmax "
                 "over a row that is all -inf, 0 / 0, or the square root of a negative number?")
 
 
-def permuted_finding(got, expected, name, args):
-    g, e = got.double(), expected.double()
+def permuted_finding(c):
+    got, name, g, e = c.got, c.name, c.g, c.e
     for order in itertools.permutations(range(got.dim())) if got.dim() > 1 else ():
         if order != tuple(range(got.dim())) and g.permute(order).shape == e.shape and close(g.permute(order), e):
             moved = [i for i, j in enumerate(order) if i != j]
@@ -112,8 +140,8 @@ def permuted_finding(got, expected, name, args):
                     "a transpose or permute is missing, extra, or on the wrong axes.")
 
 
-def factor_finding(got, expected, name, args):
-    g, e = got.double(), expected.double()
+def factor_finding(c):
+    got, name, args, g, e = c.got, c.name, c.args, c.g, c.e
     if got.is_floating_point() and (torch.isfinite(e) & torch.isfinite(g)).all() and (e != 0).any():
         c = float((g * e).sum() / (e * e).sum())
         if not math.isclose(c, 1.0, rel_tol=1e-3) and close(g, c * e):
@@ -122,8 +150,8 @@ def factor_finding(got, expected, name, args):
                     else "") + ": a scale applied twice, missing or wrong.")
 
 
-def batch_rows_finding(got, expected, name, args):
-    g, e, B = got.double(), expected.double(), got.size(0)
+def batch_rows_finding(c):
+    got, name, g, e, B = c.got, c.name, c.g, c.e, c.got.size(0)
     if got.dim() > 1 and B > 1:
         match = [next((j for j in range(B) if close(g[b], e[j])), None) for b in range(B)]
         if None not in match and len(set(match)) == 1:
@@ -135,13 +163,8 @@ def batch_rows_finding(got, expected, name, args):
                     "crossed the batch axis).")
 
 
-def wrong_places(got, expected):
-    """Where `got` differs from `expected` (boolean, the shape of got)."""
-    return ~torch.isclose(got.double(), expected.double(), rtol=1e-4, atol=1e-5, equal_nan=True)
-
-
-def masked_finding(got, expected, name, args):
-    wrong = wrong_places(got, expected)
+def masked_finding(c):
+    got, name, args, wrong = c.got, c.name, c.args, c.wrong
     mask = a_mask(args, got.shape)
     if mask is not None and not mask.all() and not (wrong & mask).any():
         return f"{name} differs only where the mask hides keys: a masked key must get exactly 0 (fill its score with -inf before the softmax)."
@@ -152,18 +175,18 @@ def masked_finding(got, expected, name, args):
             return f"{name} differs only in the rows whose mask hides some key: the mask is not applied, or not as True = may attend."
 
 
-def some_rows_finding(got, expected, name, args):
-    B = got.size(0)
+def some_rows_finding(c):
+    got, name, B = c.got, c.name, c.got.size(0)
     if got.dim() > 1 and B > 1:
-        bad = wrong_places(got, expected).reshape(B, -1).any(1)
+        bad = c.wrong.reshape(B, -1).any(1)
         if not bad.all():
             rows = [i for i in range(B) if bad[i]]
             return (f"{name} differs only in batch rows {rows} of {B}; the others are right: something depends on "
                     "the row (its length, its mask, its own order) and is taken from another row or ignored.")
 
 
-def positions_finding(got, expected, name, args):
-    wrong = wrong_places(got, expected)
+def positions_finding(c):
+    got, name, wrong = c.got, c.name, c.wrong
     for axis in range(1, got.dim()):
         n = got.size(axis)
         bad = wrong.transpose(0, axis).reshape(n, -1).any(1)
@@ -177,7 +200,7 @@ def positions_finding(got, expected, name, args):
 
 
 RULES = [nan_finding, permuted_finding, factor_finding, batch_rows_finding, masked_finding, some_rows_finding,
-         positions_finding]  # each (got, expected, name, inputs) -> a sentence, or None when it does not fit
+         positions_finding]  # each Compared -> a sentence, or None when it does not fit
 
 
 def mask_size(args):
