@@ -65,8 +65,10 @@ class CaptionService:
         self.lanes = Lanes(limits)
         self.image_decodes = threading.BoundedSemaphore(limits.image_decodes)  # full-size pictures in memory at once
         self.side = input_side(captioner.preprocess)  # the model sees side x side pixels
+        self.info = self.describe()  # the same for every request: read once (field_comments parses source)
 
-    def info(self):
+    def describe(self):
+        """What /api/model answers: the model's shape, the limits, the decoding options with their meaning."""
         model, decoder, limits = self.captioner.model, self.captioner.model.decoder.config, self.limits
         comments = field_comments(DecodingOptions)
         return {
@@ -136,7 +138,7 @@ def docs():
 
 def model_info(request: Request):
     """The model's shape and the decoding options the page offers, each with its default and meaning."""
-    return request.app.state.service.info()
+    return request.app.state.service.info
 
 
 def caption_schema():
