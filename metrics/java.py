@@ -48,7 +48,5 @@ def java_scores(candidates, references, metrics=JAVA_METRICS):
             from pycocoevalcap.spice.spice import Spice
 
             scorer = Spice()
-        scores[metric] = float(scorer.compute_score(gts, res)[0])
-        if hasattr(scorer, "close"):
-            scorer.close()
+        scores[metric] = float(scorer.compute_score(gts, res)[0])  # Meteor's __del__ ends its Java process
     return scores, skipped
