@@ -9,7 +9,8 @@ captions: the JSON or CSV that generate.py writes (the first caption of each ima
 --model and --images, the model captions the split's images itself (greedy unless --beam is given).
 references: any caption file train.py reads (Karpathy or COCO JSON, results.csv, .token, captions.txt,
 an imagefolder's metadata.csv or metadata.jsonl).
-Images are matched by file name.
+Images are matched by file name (with its subfolder, as in COCO's train2014/...), or by the number a
+COCO results file names them by: [{"image_id": 42, "caption": ...}], as generate.py --coco-results writes.
 """
 
 import argparse
@@ -92,7 +93,7 @@ def main(argv=None):
     p.add_argument("--split", help="score only images of this split of the reference file")
     p.add_argument("--json", help="also write the scores to this file")
     p.add_argument("--model", help="caption the images with this model folder (or checkpoint.pt) instead")
-    p.add_argument("--images", help="with --model: the folder of the images the references name")
+    p.add_argument("--images", help="with --model or --clipscore: the folder of the images the references name")
     p.add_argument("--beam", type=int, default=1, help="with --model: beam size (default: 1, greedy)")
     add_device_flag(p, when="with --model: ")
     p.add_argument("--clipscore", nargs="?", const="ViT-B-32:openai", metavar="MODEL:WEIGHTS",

@@ -409,7 +409,7 @@ def start_run(config):
     splits, source, frozen_vit = load_data(config, device, rank, world, encoder)
     if not len(splits["val"].rows):
         raise SystemExit(f"error: {config.data}: the validation split is empty; training validates after every "
-                         "epoch (give the file a 'val' split, or fewer images a split of their own)")
+                         "epoch (give the file a 'val' split, or enough images that its automatic 5% validation split holds one)")
     config, tokenizer, model = build_model(config, splits, frozen_vit, resumed, device, rank == 0)
     params = trainable_parameters(model, config.train_only)
     autocast = autocast_dtype(device, config.amp)  # bfloat16, float16 (a GPU without bfloat16) or None

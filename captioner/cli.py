@@ -28,8 +28,8 @@ def add_device_flag(parser, when=""):
     """--device and --dtype, as every command spells them; `when` prefixes the help (e.g. "with --model: ")."""
     parser.add_argument("--device", default="auto", help=when + DEVICE_HELP)
     parser.add_argument("--dtype", default="float32", choices=DTYPES,
-                        help=when + "the weights' type while captioning: bfloat16 or float16 halve the memory and, on "
-                                    "a GPU, the time (default: float32)")
+                        help=when + "the weights' type while captioning: bfloat16 or float16 halve the weights' "
+                                    "memory; the built-in model captions the same in all three (default: float32)")
 
 
 def load_captioner(path, device="auto", download=False, dtype="float32"):
