@@ -125,7 +125,8 @@ def test_folders_that_are_not_what_the_loader_expects_get_one_line(tmp_path):
     saved(smaller, tmp_path / "small")
     config = (tmp_path / "small" / "config.json").read_text().replace('"n_embd": 12', '"n_embd": 24')
     (tmp_path / "small" / "config.json").write_text(config)
-    with pytest.raises(HuggingFaceError, match=r"small: the weights do not fit the config: positional_embedding is \(32, 12\) in the file, \(32, 24\) in the configuration"):
+    with pytest.raises(HuggingFaceError, match=r"small: the weights do not fit the config: positional_embedding "
+                                               r"is \(32, 12\) in the file, \(32, 24\) in the configuration"):
         load_gpt2_decoder(tmp_path / "small")
 
 
@@ -296,3 +297,21 @@ def test_a_download_fetches_one_copy_of_the_weights(tmp_path, monkeypatch, files
     monkeypatch.setitem(__import__("sys").modules, "huggingface_hub", fake)
     assert hub_download("nlpconnect/vit-gpt2-image-captioning") == tmp_path
     assert asked["patterns"] == ["*.json", "*.txt", wanted]
+
+
+@pytest.mark.parametrize("n_layer, message", [(10**6, "layers must be a number from 1 to 128, not 1000000"),
+                                              (100, "the weights lack decoder.transformer.h.2")])
+def test_a_vit_gpt2_config_asking_for_more_layers_than_its_weights_is_refused_before_allocating(tmp_path, n_layer,
+                                                                                               message):
+    """A ViT-GPT2 folder whose config.json says n_layer = 10**6 (or 100, within the limits, while the weights
+    hold 2): refused in one line naming the folder, in a fresh process whose peak memory stays small."""
+    import json
+
+    from test_model_files_hostile import SAFE_PEAK_GB, load_in_child
+
+    folder, _ = vit_gpt2_folder(tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    config["decoder"]["n_layer"] = n_layer
+    (folder / "config.json").write_text(json.dumps(config))
+    line, peak = load_in_child(folder)
+    assert line.startswith(f"refused: {folder}") and message in line and peak < SAFE_PEAK_GB, (line, peak)

@@ -161,3 +161,33 @@ def test_the_docs_need_nothing_from_the_network(client):
         link.startswith("/") for link in re.findall(r"(?:src|href)=\"([^\"]+)\"", page))
     assert "http" not in client.get("/static/docs.js").text.replace("location.origin", "")
     assert "/api/caption" in client.get("/openapi.json").json()["paths"]
+
+
+def test_no_more_images_are_decoded_at_once_than_the_limit(captioner, scene, monkeypatch):
+    """Eight clients upload at once through uvicorn; with --image-decodes 2, at most 2 images are ever being
+    decoded (each may hold its full size in memory while it decodes)."""
+    import server.app
+
+    busy, most, lock = [0], [0], threading.Lock()
+    real = server.app.load_image
+
+    def counting(*args, **kwargs):
+        with lock:
+            busy[0] += 1
+            most[0] = max(most[0], busy[0])
+        time.sleep(0.2)  # long enough for the others to arrive
+        try:
+            return real(*args, **kwargs)
+        finally:
+            with lock:
+                busy[0] -= 1
+
+    monkeypatch.setattr(server.app, "load_image", counting)
+    with serving(create_app(captioner, ServerLimits(image_decodes=2))) as address:
+        url = address + "/api/caption"
+        threads = [threading.Thread(target=upload, args=(url, scene), kwargs={"attention": "false"}) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    assert most[0] == 2
