@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from captioner.cli import add_device_flag, load_captioner
+from captioner.cli import add_compile_flag, add_device_flag, load_captioner
 from data.captions import image_id, read_captions
 from data.images import load_images
 from metrics import score_captions
@@ -60,7 +60,7 @@ BATCH = 32  # images read and captioned at a time: a folder of thousands never s
 
 def caption_with_model(args, names):
     """{image file name: caption} of the named images in --images, captioned by --model."""
-    captioner = load_captioner(args.model, args.device, dtype=args.dtype)
+    captioner = load_captioner(args.model, args.device, dtype=args.dtype, compile=args.compile)
     captions = {}
     for start in tqdm(range(0, len(names), BATCH), desc="captioning", unit="batch", disable=len(names) <= BATCH):
         loaded, errors = load_images([Path(args.images) / name for name in names[start : start + BATCH]])
@@ -96,6 +96,7 @@ def main(argv=None):
     p.add_argument("--images", help="with --model or --clipscore: the folder of the images the references name")
     p.add_argument("--beam", type=int, default=1, help="with --model: beam size (default: 1, greedy)")
     add_device_flag(p, when="with --model: ")
+    add_compile_flag(p, when="with --model: ")
     p.add_argument("--clipscore", nargs="?", const="ViT-B-32:openai", metavar="MODEL:WEIGHTS",
                    help="also CLIPScore and RefCLIPScore with an OpenCLIP model (default: ViT-B-32:openai, as the "
                         "metric's authors, downloaded on first use; :none is random, for tests); needs --images")

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from captioner.cli import add_device_flag, load_captioner
+from captioner.cli import add_compile_flag, add_device_flag, load_captioner
 from captioner.flags import add_dataclass_flags
 from captioner.pictures import save_attention_picture
 from data.captions import image_id
@@ -54,6 +54,7 @@ def parse_args(argv=None):
     p.add_argument("--region", help="x0,y0,x1,y1 in pixels: caption only this box")
     p.add_argument("--region-mask", help="an image, white inside the region: caption only that")
     add_device_flag(p)
+    add_compile_flag(p)
     p.add_argument("--student-code", default="", help='caption with exercises whose code you wrote, e.g. "attention,block" or "all" (exercises/README.md)')
     p.add_argument("--student-dir", default="my_exercises", help="the folder with your exercise files (default: my_exercises)")
     args = p.parse_args(argv)
@@ -92,7 +93,7 @@ def main(argv=None):
 
 
 def caption_images(args):
-    captioner = load_captioner(args.model, args.device, args.download, args.dtype)
+    captioner = load_captioner(args.model, args.device, args.download, args.dtype, args.compile)
     layer = None if args.layer == "mean" else int(args.layer)
     paths = find_images(args.images)
     if not paths:

@@ -10,6 +10,10 @@ alternating runs, median per step:
   Each step has to read all of these weights from memory once, so this is the floor for any eager
   implementation; bytes / time is the memory bandwidth the machine gives.
 - ours: CaptionDecoder with a KV cache (what sample() runs), fused attention.
+- ours, compiled: the same decoder after compile_steps(): a fixed-length cache (every slot attended, the
+  empty ones masked, so the shapes never change), the step through torch.compile (Inductor), the
+  written-out attention fused by Inductor. The compile happens in untimed warm-up steps; `--cold` first
+  points Inductor at an empty cache folder.
 - ours at width 32: the same 6 layers and the same operations with almost no arithmetic, i.e. what
   launching those operations costs on its own.
 
@@ -17,7 +21,9 @@ Then torch.profiler's table of the step's operations.
 """
 
 import argparse
+import os
 import statistics
+import tempfile
 import time
 
 import torch
@@ -64,9 +70,15 @@ class CachedSteps:
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--cold", action="store_true", help="compile from an empty Inductor cache (a new temporary folder)")
     args = p.parse_args()
+    if args.cold:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-")
     torch.manual_seed(0)
     big = CaptionDecoder(DecoderConfig(vocab_size=VOCAB, dropout=0.0)).eval()
+    compiled = CaptionDecoder(big.config).eval()
+    compiled.load_state_dict(big.state_dict())
+    compiled.compile_steps()
     small = CaptionDecoder(DecoderConfig(vocab_size=VOCAB, width=32, dropout=0.0)).eval()
     pairs = step_weights(big)
     inputs = [torch.randn(1, 1, w.size(1)) for w, _ in pairs]
@@ -80,7 +92,13 @@ def main():
 
     runs = {"bare matrix-vector products (reference)": bare,
             "ours, 6 x 512, KV cache": CachedSteps(big),
+            "ours, 6 x 512, fixed cache, compiled": CachedSteps(compiled),
             "ours, 6 x 32, KV cache (operations only)": CachedSteps(small)}
+    started = time.perf_counter()
+    for _ in range(3):  # warm-up; the compiled step is built here
+        runs["ours, 6 x 512, fixed cache, compiled"]()
+    print(f"compiling the step and 3 warm-up steps: {time.perf_counter() - started:.1f} s"
+          f"{' (cold Inductor cache)' if args.cold else ''}")
     times = {k: [] for k in runs}
     for _ in range(args.steps):
         for k, fn in runs.items():

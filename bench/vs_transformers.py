@@ -15,6 +15,9 @@ mapper, which runs once per caption.)
 Decoding: greedy and beam 3, batch 1 and 32, KV cache on both, every caption forced to 20 new tokens
 (no end token can stop a row). Training: one step (forward, cross-entropy, backward, AdamW) at
 batch 64 with 32 caption tokens. Runs alternate between ours and theirs; medians are reported.
+
+--compile adds a third decoder to the decoding rows: ours after compile_steps() (fixed-length caches, each
+step through torch.compile), compiled in the untimed warm-up run of each row.
 """
 
 import argparse
@@ -55,7 +58,7 @@ def timed(fn, device):
     return time.perf_counter() - start
 
 
-def decoding_runs(ours, theirs, batch, beams, device, dtype):
+def decoding_runs(ours, theirs, batch, beams, device, dtype, compiled=None):
     clip_embed = torch.randn(batch, WIDTH, device=device, dtype=dtype)
     image = torch.randn(batch, PATCHES, WIDTH, device=device, dtype=dtype)
     start = torch.full((batch, 1), BOS, device=device)
@@ -63,18 +66,17 @@ def decoding_runs(ours, theirs, batch, beams, device, dtype):
     embeds = torch.cat([prefix, theirs.transformer.wte(start)], dim=1)  # (B, PREFIX + 1, WIDTH)
     attention_mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=device)
     common = dict(bos_id=BOS, eos_id=NEVER, max_new_tokens=NEW_TOKENS)
-    if beams == 1:
-        def run_ours():
-            return sample(ours, clip_embed, image, **common)
-    else:
-        def run_ours():
-            return beam_search(ours, clip_embed, image, beam_size=beams, **common)
+    def ours_on(decoder):
+        if beams == 1:
+            return lambda: sample(decoder, clip_embed, image, **common)
+        return lambda: beam_search(decoder, clip_embed, image, beam_size=beams, **common)
 
     def run_theirs():
         return theirs.generate(inputs_embeds=embeds, attention_mask=attention_mask, encoder_hidden_states=image,
                                max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False,
                                num_beams=beams, use_cache=True, eos_token_id=None, pad_token_id=0)
-    return run_ours, run_theirs
+    runs = {"ours": ours_on(ours), "theirs": run_theirs}
+    return runs if compiled is None else {**runs, "compiled": ours_on(compiled)}
 
 
 def training_runs(ours, theirs, device, dtype, batch=64, length=32):
@@ -102,7 +104,7 @@ def training_runs(ours, theirs, device, dtype, batch=64, length=32):
 
     def run_theirs():
         step(theirs, optimizers[1], theirs_logits)
-    return run_ours, run_theirs
+    return {"ours": run_ours, "theirs": run_theirs}
 
 
 def main():
@@ -111,33 +113,43 @@ def main():
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                    help="weights and activations; bfloat16 is for GPUs")
+    p.add_argument("--compile", action="store_true", help="also time our decoder with compile_steps()")
     args = p.parse_args()
     import transformers
 
     device, dtype = pick_device(args.device), getattr(torch, args.dtype)
     ours, theirs = build(device, dtype)
+    compiled = None
+    if args.compile:
+        compiled = CaptionDecoder(ours.config).to(device, dtype).eval()
+        compiled.load_state_dict(ours.state_dict())
+        compiled.compile_steps()
     rows = [(f"{'greedy' if beams == 1 else f'beam {beams}'}, batch {batch}", batch,
-             lambda b=batch, k=beams: decoding_runs(ours, theirs, b, k, device, dtype))
+             lambda b=batch, k=beams: decoding_runs(ours, theirs, b, k, device, dtype, compiled))
             for beams in (1, 3) for batch in (1, 32)]
     rows.append(("training step, batch 64", 64, lambda: training_runs(ours, theirs, device, dtype)))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
     print(f"{name}, {args.dtype}, torch {torch.__version__}, transformers {transformers.__version__}; "
           f"median of {args.repeats}")
-    print(f"{'':26} {'ours (captions/s)':>18} {'transformers':>13} {'ours / theirs':>14}")
+    print(f"{'':26} {'ours (captions/s)':>18} {'transformers':>13} {'ours / theirs':>14}"
+          + (f" {'compiled':>9} {'compiled / theirs':>18}" if compiled else ""))
     for label, batch, make in rows:
-        run_ours, run_theirs = make()
+        runs = make()
         grad = torch.enable_grad() if label.startswith("training") else torch.no_grad()
         with grad:
-            a, b = run_ours(), run_theirs()  # warm-up, and a check that both decode the same number of tokens
+            made = {k: run() for k, run in runs.items()}  # warm-up (and compiling), and a check of the shapes
             if not label.startswith("training"):
-                a = a[0] if isinstance(a, tuple) else a
-                assert a.shape == b.shape == (batch, NEW_TOKENS), (a.shape, b.shape)
-            times = {"ours": [], "theirs": []}
+                shapes = {(x[0] if isinstance(x, tuple) else x).shape for x in made.values()}
+                assert shapes == {(batch, NEW_TOKENS)}, shapes
+            times = {k: [] for k in runs}
             for _ in range(args.repeats):
-                times["ours"].append(timed(run_ours, device))
-                times["theirs"].append(timed(run_theirs, device))
-        ours_rate, theirs_rate = (batch / statistics.median(times[k]) for k in ("ours", "theirs"))
-        print(f"{label:26} {ours_rate:18.1f} {theirs_rate:13.1f} {ours_rate / theirs_rate:13.2f}x", flush=True)
+                for k, run in runs.items():
+                    times[k].append(timed(run, device))
+        rate = {k: batch / statistics.median(t) for k, t in times.items()}
+        line = f"{label:26} {rate['ours']:18.1f} {rate['theirs']:13.1f} {rate['ours'] / rate['theirs']:13.2f}x"
+        if "compiled" in rate:
+            line += f" {rate['compiled']:9.1f} {rate['compiled'] / rate['theirs']:17.2f}x"
+        print(line, flush=True)
 
 
 if __name__ == "__main__":

@@ -135,11 +135,24 @@ class DecoderBlock(nn.Module):
 
 
 class KVCache:
-    """Per-layer keys and values for incremental decoding, and how many positions they cover."""
+    """Per-layer keys and values for incremental decoding, and how many positions they cover.
 
-    def __init__(self, layers, capacity=0):
-        self.layers = [(AttentionCache(capacity=capacity), AttentionCache(static=True)) for _ in range(layers)]
+    fixed=True: every step after the first sees all `capacity` slots, the empty ones masked, so each step has
+    the same shapes (what torch.compile needs to build the step once); the next slot is a tensor, `position`.
+    """
+
+    def __init__(self, layers, capacity=0, fixed=False, device=None):
+        self.position = torch.zeros(1, dtype=torch.long, device=device) if fixed else None  # (1,), fixed only
+        self.layers = [(AttentionCache(capacity=capacity, position=self.position), AttentionCache(static=True))
+                       for _ in range(layers)]
         self.length = 0  # positions (prefix included) already processed
+        self.capacity = capacity
+
+    def advance(self, n):
+        """n more positions are in the cache."""
+        self.length += n
+        if self.position is not None:
+            self.position += n  # in place: every layer's cache holds this tensor
 
     def reorder(self, index, images_too=True):
         """Keep batch rows `index`, e.g. to follow the beams that survive a step of beam search.
@@ -194,6 +207,12 @@ def self_attention_layout(config: DecoderConfig, T, past, lengths=None, device=N
     return position, mask
 
 
+# While compiling a step, and before each compiled step runs, torch.compile checks its guards: that every module,
+# parameter and cache tensor is still what the compiled code assumed. These guards then skip a module's subtree
+# whose attributes have not changed since (dict version tags), which halves their cost per step (~0.2 ms on CPU).
+DICT_TAG_GUARDS = torch._dynamo.config.patch(use_recursive_dict_tags_for_guards=True)
+
+
 class CaptionDecoder(nn.Module):
     """(caption tokens, CLIP embedding, patch tokens) -> next-token logits."""
 
@@ -209,10 +228,28 @@ class CaptionDecoder(nn.Module):
         self.blocks = nn.ModuleList(DecoderBlock(c) for _ in range(c.layers))
         self.ln_f = nn.LayerNorm(c.width)
         nn.init.normal_(self.token_embedding.weight, std=0.02)
+        self.compiled_step = None  # fixed_step through torch.compile, after compile_steps()
 
-    def new_cache(self, max_tokens=None):
-        """An empty KVCache with room for the prefix and max_tokens caption tokens (default: the most there can be)."""
-        return KVCache(self.config.layers, capacity=self.config.prefix_len + (max_tokens or self.config.max_caption))
+    def new_cache(self, max_tokens=None, fixed=None):
+        """An empty KVCache with room for the prefix and max_tokens caption tokens (default: the most there can be).
+        fixed: a fixed-length cache (KVCache); by default, when compile_steps() was called."""
+        fixed = self.compiled_step is not None if fixed is None else fixed
+        return KVCache(self.config.layers, capacity=self.config.prefix_len + (max_tokens or self.config.max_caption),
+                       fixed=fixed, device=self.token_embedding.weight.device)
+
+    def compile_steps(self, **options):
+        """Run every cached one-token step through torch.compile (options: torch.compile's), with fixed-length
+        caches: the step's shapes never change, so it is compiled once per batch size and dtype, from a cold
+        compile cache too. The attention runs written out (attention() in model/attention.py), which Inductor
+        fuses into its own loops; at one query that is faster than the fused kernel, which Inductor's pattern
+        matcher would otherwise put back (measured in bench/decoding_profile.py)."""
+        for module in self.modules():
+            if isinstance(module, MultiHeadAttention):
+                module.fused = False
+        if options.get("backend", "inductor") == "inductor" and "mode" not in options:
+            options["options"] = {"pattern_matcher": False, **options.get("options", {})}
+        self.compiled_step = torch.compile(self.fixed_step, dynamic=False, fullgraph=True, **options)
+        return self
 
     def forward(self, tokens, clip_embed, patches=None, lengths=None, patch_mask=None, cache=None,
                 return_attn=False):
@@ -224,6 +261,8 @@ class CaptionDecoder(nn.Module):
         Returns DecoderOutput with logits (B, T, V).
         """
         first = cache is None or cache.length == 0
+        if not first and cache.position is not None:  # a fixed-length cache: the same shapes every step
+            return self.step_with_fixed_cache(tokens, patch_mask, cache, return_attn)
         if first and self.config.gpt_prefix:  # ClipCap: the prefix's last position stands for the start token
             tokens, lengths = tokens[:, 1:], lengths - 1 if lengths is not None else None
         position, mask = self_attention_layout(self.config, tokens.size(1), 0 if first else cache.length,
@@ -232,8 +271,35 @@ class CaptionDecoder(nn.Module):
         memory = self.image_memory(patches, x.dtype) if first else None  # a cached step's keys are in the cache
         memory_mask = patch_mask[:, None, None, :] if patch_mask is not None else None  # (B, 1, 1, N)
         x, self_attn, cross_attn = self.run_blocks(x, memory, mask, memory_mask, cache, return_attn)
+        if cache is not None:
+            cache.advance(x.size(1))
         logits = self.head(x[:, self.caption_start:] if first else x)  # (B, T, V)
         return DecoderOutput(logits, self_attn, cross_attn) if return_attn else DecoderOutput(logits)
+
+    def step_with_fixed_cache(self, tokens, patch_mask, cache, return_attn=False):
+        """A cached step with a fixed-length cache (compiled after compile_steps()): one token per row."""
+        if tokens.size(1) != 1 or return_attn:
+            raise ValueError("a fixed-length cache takes one token per step, without return_attn")
+        self_attention_layout(self.config, 1, cache.length)  # refuses a position past max_len
+        tokens = tokens.clone(memory_format=torch.contiguous_format)  # a view's strides would change each step
+        if self.compiled_step is None:
+            logits = self.fixed_step(tokens, patch_mask, cache)
+        else:
+            with DICT_TAG_GUARDS:  # modules unchanged since compiling: skip their guards, safely (see the constant)
+                logits = self.compiled_step(tokens, patch_mask, cache)
+        cache.advance(1)
+        return DecoderOutput(logits)
+
+    def fixed_step(self, tokens, patch_mask, cache):
+        """forward's cached step, with shapes that never change: the new token (B, 1) goes to slot
+        cache.position (a tensor, not a Python int) and attends over all the cache's slots, the empty ones
+        masked -> logits (B, 1, V). Tested equal to the growing cache (tests/test_decoder.py)."""
+        row = cache.position - (0 if self.config.gpt_prefix else self.config.prefix_len)  # (1,) its position-table row
+        x = self.token_embedding(tokens) + self.positional_embedding[row]  # (B, 1, C)
+        mask = (torch.arange(cache.capacity, device=tokens.device) <= cache.position)[None]  # (1, S): filled + its own
+        memory_mask = patch_mask[:, None, None, :] if patch_mask is not None else None  # (B, 1, 1, N)
+        x, _, _ = self.run_blocks(x, None, mask, memory_mask, cache, False)
+        return self.head(x)  # (B, 1, V)
 
     def embed(self, tokens, position, clip_embed=None):
         """Token plus position embeddings from `position` on, after the prefix made from clip_embed (a first
@@ -257,7 +323,7 @@ class CaptionDecoder(nn.Module):
 
     def run_blocks(self, x, memory, mask, memory_mask, cache, return_attn):
         """Every block in turn (a student's, when one is plugged in: model/hooks.py): (x, self- and cross-attention
-        weights per layer). The cache, if any, grows by x's positions."""
+        weights per layer). The caller advances the cache, if any, by x's positions."""
         self_attn, cross_attn = [], []
         theirs = plugged("decoder_block")
         for i, block in enumerate(self.blocks):
@@ -266,8 +332,6 @@ class CaptionDecoder(nn.Module):
             x, self_w, cross_w = block(*args) if theirs is None else theirs(block, *args)
             self_attn.append(self_w)
             cross_attn.append(cross_w)
-        if cache is not None:
-            cache.length += x.size(1)
         return x, self_attn, cross_attn
 
     @property

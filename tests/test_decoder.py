@@ -7,6 +7,7 @@ from torch.testing import assert_close
 
 from model.attention import causal_mask
 from model.decoder import CaptionDecoder, DecoderBlock, DecoderConfig
+from model.sampling import sample
 
 B, T, N, V = 3, 6, 9, 50
 
@@ -109,6 +110,89 @@ def test_incremental_decoding_with_cache_equals_full_recomputation(overrides):
         steps.append(decoder(tokens[:, t : t + 1], clip_embed, patches, cache=cache).logits)
     assert_close(torch.cat(steps, dim=1), full)
     assert cache.length == config.prefix_len + T
+
+
+def steps_with_cache(decoder, tokens, clip_embed, patches, cache, **kwargs):
+    """The first call on tokens[:, :2] (prefix + 2 tokens), then one token per call: logits (B, T, V)."""
+    steps = [decoder(tokens[:, :2], clip_embed, patches, cache=cache, **kwargs).logits]
+    for t in range(2, tokens.size(1)):
+        steps.append(decoder(tokens[:, t : t + 1], clip_embed, patches, cache=cache, **kwargs).logits)
+    return torch.cat(steps, dim=1)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"gpt_prefix": True}, {"cross_attention": False}])
+def test_a_fixed_length_cache_gives_the_logits_of_full_recomputation(overrides):
+    """A fixed-length cache (every step attends over all its slots, the empty ones masked): same logits as
+    recomputing the whole sequence, in both layouts, with patches hidden by a patch mask."""
+    config = tiny_config(**overrides)
+    decoder = CaptionDecoder(config).eval()
+    tokens, clip_embed, patches = inputs(config)
+    keep = torch.rand(B, N) > 0.3
+    keep[:, 0] = True
+    full = decoder(tokens, clip_embed, patches, patch_mask=keep).logits
+    cache = decoder.new_cache(fixed=True)
+    fixed = steps_with_cache(decoder, tokens, clip_embed, patches, cache, patch_mask=keep)
+    assert_close(fixed, full[:, -fixed.size(1):])  # ClipCap's layout drops the start token's prediction
+    assert cache.length == cache.position.item() and cache.layers[0][0].buffers[0].size(2) == cache.capacity
+
+
+def test_the_empty_slots_of_a_fixed_cache_are_masked():
+    """Whatever the slots after the current position hold, a step's logits do not change; what a filled
+    slot holds does change them (so the test can tell). Empty slots start as zeros: a matrix product with
+    a masked, zero-weight slot still multiplies its value, and uninitialised memory may hold NaN."""
+    config = tiny_config()
+    decoder = CaptionDecoder(config).eval()
+    tokens, clip_embed, patches = inputs(config)
+    cache = decoder.new_cache(fixed=True)
+    steps_with_cache(decoder, tokens[:, :3], clip_embed, patches, cache)
+    keys, values = cache.layers[0][0].buffers
+    filled = cache.length
+    assert not keys[:, :, filled:].any() and not values[:, :, filled:].any()
+
+    def next_logits(write=None):
+        saved = [tuple(x.clone() for x in self_cache.buffers) for self_cache, _ in cache.layers]
+        if write is not None:
+            for self_cache, _ in cache.layers:
+                for buffer in self_cache.buffers:
+                    buffer[:, :, write] = 1e4
+        logits = decoder(tokens[:, 3:4], clip_embed, patches, cache=cache).logits
+        for (self_cache, _), old in zip(cache.layers, saved):  # undo the step and the writes
+            self_cache.buffers = old
+        cache.length, cache.position[0] = filled, filled
+        for self_cache, _ in cache.layers:
+            self_cache.position = cache.position
+        return logits
+
+    clean = next_logits()
+    assert_close(next_logits(write=slice(filled + 1, None)), clean)  # every slot after this step's own
+    assert not torch.allclose(next_logits(write=slice(filled - 1, filled)), clean)  # the last filled slot
+
+
+def test_compiled_steps_are_built_once_per_batch_size_and_give_the_same_logits():
+    """compile_steps(): a whole caption's steps make one graph per batch size (static shapes: no recompiling
+    as the cache fills, which is what failed on a growing cache), and the logits equal the eager decoder's.
+    The graphs are run as traced (a backend that counts them); Inductor is exercised by generate.py --compile
+    in tests/test_generate.py."""
+    graphs = []
+
+    def counting_backend(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    config = tiny_config()
+    eager = CaptionDecoder(config).eval()
+    compiled = CaptionDecoder(config).eval()
+    compiled.load_state_dict(eager.state_dict())
+    compiled.compile_steps(backend=counting_backend)
+    for batch in (1, 3, 3, 5):
+        tokens, clip_embed, patches = inputs(config, batch=batch, steps=config.max_len)
+        with torch.no_grad():
+            expected = steps_with_cache(eager, tokens, clip_embed, patches, eager.new_cache())
+            got = steps_with_cache(compiled, tokens, clip_embed, patches, compiled.new_cache())  # views, as sample()'s
+        assert_close(got, expected)
+        if batch < 5:  # sample() feeds the last column of a growing tensor: a view whose strides change
+            assert torch.equal(sample(compiled, clip_embed, patches, 1, 2), sample(eager, clip_embed, patches, 1, 2))
+    assert len(graphs) == 3  # batch 1, batch 3 (twice, all 14 steps each, then sampling) and batch 5
 
 
 def test_fused_and_explicit_decoders_agree():

@@ -3,6 +3,10 @@ region-focused captions, clear errors."""
 
 import csv
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +19,7 @@ from captioner import Captioner
 from data.shapes import make_split
 from model.rollout import attention_rollout
 
+ROOT = Path(__file__).resolve().parents[1]
 SCALE = 4  # scenes are drawn at 32 px and saved at 128 px, as a user's larger photo would be
 
 
@@ -208,3 +213,27 @@ def test_half_precision_captions_as_float32_does(shapes_model, tmp_path, dtype):
         greedy = greedy or full
     drawn = generate.main([str(shapes_model), str(folder / "00.png"), "--dtype", dtype, "--attention", str(tmp_path)])
     assert (tmp_path / "00.png").exists() and drawn[0]["captions"] == greedy[0]["captions"]
+
+
+def test_compiled_decoding_captions_as_eager_from_a_cold_compile_cache(shapes_model, scenes, tmp_path):
+    """generate.py --compile as a user runs it: a fresh process whose Inductor cache folder is empty (on a
+    growing cache, torch.compile crashed there). The captions equal the eager ones."""
+    folder, _ = scenes
+    images = [str(folder / f"{i:02d}.png") for i in range(8)]  # one batch: one graph to compile
+    out, env = tmp_path / "compiled.json", {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+    subprocess.run([sys.executable, "generate.py", str(shapes_model), *images, "--compile", "--json", str(out)],
+                   cwd=ROOT, env=env, check=True, capture_output=True)
+    eager = generate.main([str(shapes_model), *images])
+    assert [r["captions"] for r in json.loads(out.read_text())] == [r["captions"] for r in eager]
+
+
+def test_compiled_steps_give_the_same_beams_and_samples(shapes_model, scenes):
+    """Beam search reorders a fixed-length cache, sampling runs rows past their end token: captions equal
+    the eager decoder's. The steps are traced by torch.compile and run as traced (its "eager" backend), so
+    no C++ build is needed; the test above builds them with Inductor."""
+    folder, _ = scenes
+    images = [str(folder / f"{i:02d}.png") for i in range(10)]
+    eager, compiled = Captioner.from_pretrained(shapes_model), Captioner.from_pretrained(shapes_model)
+    compiled.model.decoder.compile_steps(backend="eager")
+    for options in (dict(), dict(beam=3), dict(temperature=1.0, num=3, seed=1)):
+        assert compiled.caption(images, batch_size=4, **options) == eager.caption(images, batch_size=4, **options)

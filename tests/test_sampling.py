@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from model.decoder import CaptionDecoder, DecoderConfig
+from model.decoder import CaptionDecoder, DecoderConfig, KVCache
 from model.sampling import (MIN_TEMPERATURE, PENALTY_RANGE, DecodingOptions, DecodingTimeout, beam_search, decode, next_token, sample,
                             top_k_filter, top_p_filter)
 
@@ -85,6 +85,38 @@ def test_cache_equals_recomputation_greedy_and_sampled(batch):
     sampled = [sample(decoder, clip_embed, patches, temperature=1.0, top_p=0.9, use_cache=use_cache,
                         generator=torch.Generator().manual_seed(7), **common) for use_cache in (True, False)]
     assert torch.equal(*sampled)
+
+
+def with_fixed_caches(decoder):
+    """The same decoder whose new_cache() makes fixed-length caches (as after compile_steps), not compiled."""
+    fixed = tiny_decoder()
+    fixed.load_state_dict(decoder.state_dict())
+    fixed.new_cache = lambda max_tokens=None: CaptionDecoder.new_cache(fixed, max_tokens, fixed=True)
+    return fixed
+
+
+def test_a_fixed_length_cache_decodes_as_the_growing_one():
+    """Greedy, sampled and beam search (which reorders the cache's rows every step: some step here keeps a
+    beam that was not in its row) give the same tokens with fixed-length caches."""
+    decoder = tiny_decoder()
+    with torch.no_grad():
+        decoder.token_embedding.weight *= 20  # confident logits: no near-ties for rounding to flip
+    fixed, (clip_embed, patches) = with_fixed_caches(decoder), image_inputs(4)
+    common = dict(bos_id=BOS, eos_id=EOS)
+    for options in (dict(), dict(temperature=1.0, top_k=5)):
+        runs = [sample(d, clip_embed, patches, generator=torch.Generator().manual_seed(3), **common, **options)
+                for d in (decoder, fixed)]
+        assert torch.equal(*runs), options
+    reorders = []
+    real_reorder = KVCache.reorder
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(KVCache, "reorder", lambda self, index, **kw: (reorders.append(index.clone()),
+                                                                   real_reorder(self, index, **kw)))
+        (growing, growing_scores), (fixed_tokens, fixed_scores) = (
+            beam_search(d, clip_embed, patches, beam_size=3, **common) for d in (decoder, fixed))
+    assert torch.equal(growing, fixed_tokens)
+    assert_close(growing_scores, fixed_scores)
+    assert any(not torch.equal(index, torch.arange(len(index))) for index in reorders[1:])
 
 
 def test_top_k_one_equals_greedy_in_sample():
