@@ -11,6 +11,7 @@ import torch
 
 import train
 from tests.test_train import TINY
+from training.setup import start_processes
 
 ROOT = Path(__file__).resolve().parents[1]
 # test_train's small run, without dropout (its masks depend on how a batch is split over processes), for
@@ -80,15 +81,16 @@ def test_a_batch_that_does_not_split_over_the_processes_stops_every_process_in_o
     """Checked before the processes wait for each other, so each stops at once (torchrun then ends the run)."""
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(SystemExit, match="--batch-size 31 does not split evenly over 2 processes"):
-        train.start_processes(train.parse_args(SMALL + ["--batch-size", "31"]))
+        start_processes(train.parse_args(SMALL + ["--batch-size", "31"]))
 
 
 FAILS_IN_PROCESS_1 = f"""
 import os, sys
 sys.path.insert(0, {str(ROOT)!r})
 import train
+import training.loop
 
-real_step = train.train_step
+real_step = training.loop.train_step
 
 
 def step_that_fails_in_process_1(*args, **kwargs):
@@ -97,7 +99,7 @@ def step_that_fails_in_process_1(*args, **kwargs):
     return real_step(*args, **kwargs)
 
 
-train.train_step = step_that_fails_in_process_1
+training.loop.train_step = step_that_fails_in_process_1
 train.command()
 """
 

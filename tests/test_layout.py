@@ -2,7 +2,8 @@
 
 model/ needs only torch (and safetensors for model files); data/ and metrics/ never drive the model (data/
 takes from model/ only model.errors, the one base class of the errors a user can fix);
-captioner/ (the Python API) sits on model/ and data/; exercises/ checks students' code against model/
+captioner/ (the Python API) sits on model/ and data/; training/ (what train.py runs) sits on
+captioner/, model/, data/ and metrics/; exercises/ checks students' code against model/
 and plugs it in; train.py, generate.py and evaluate.py import the
 library and never each other, and nothing else imports them: not the library, not bench/, not the
 notebooks. Only the tests import them, to run a command's main() in-process.
@@ -16,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = {"train", "generate", "evaluate"}
-PROJECT = {"model", "data", "metrics", "captioner", "exercises", "bench", "notebooks", "tests"} | COMMANDS
+PROJECT = {"model", "data", "metrics", "captioner", "training", "exercises", "bench", "notebooks", "tests"} | COMMANDS
 
 
 def imported(source, whole=False):
@@ -66,6 +67,7 @@ def test_no_module_imports_a_command():
     ("data", {"data"}),
     ("metrics", {"metrics"}),
     ("captioner", {"captioner", "model", "data"}),
+    ("training", {"training", "captioner", "model", "data", "metrics"}),
     ("exercises", {"exercises", "model"}),
     ("bench", {"model", "data", "metrics", "captioner"}),
     ("notebooks", {"model", "data", "metrics", "captioner", "exercises"}),

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 import train
+import training.setup
 from test_train import TINY, photo_folder, run  # noqa: F401 - photo_folder is a fixture
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,7 +98,7 @@ def test_resume_never_downloads(photo_folder, tmp_path, monkeypatch):
     import model.clip
 
     monkeypatch.setattr(socket.socket, "connect", no_network)
-    monkeypatch.setattr(train, "hub_download", no_network)
+    monkeypatch.setattr(training.setup, "hub_download", no_network)
     loads = []
     real = model.clip.load_clip_vit
     monkeypatch.setattr(model.clip, "load_clip_vit", lambda name, pretrained: loads.append(pretrained) or real(name, pretrained))

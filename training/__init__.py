@@ -1,0 +1,21 @@
+"""What `python train.py` runs, in three rooms: setting the run up (training/setup.py, with its data in
+training/data.py), the loop (training/loop.py), and scoring it (training/evaluation.py). What a run writes
+besides its model folder (checkpoint state, metrics.jsonl, curves, TensorBoard) is in captioner/run_files.py;
+its settings, TrainConfig, are in captioner/train_config.py."""
+
+from training.evaluation import final_report
+from training.loop import training_loop
+from training.setup import finish, start_run
+
+
+def train(config):
+    """Set up the run (or resume it), train to the end or until stopped, then report on the test split."""
+    run = start_run(config)
+    if training_loop(run) and run.lead:
+        final_report(run)
+    if run.board is not None:
+        run.board.close()
+    return finish(run.model, run.world)
+
+
+__all__ = ["train"]
