@@ -6,7 +6,7 @@ from torch import nn
 from torch.testing import assert_close
 
 from model.attention import causal_mask
-from model.decoder import CaptionDecoder, DecoderBlock, DecoderConfig
+from model.decoder import CaptionDecoder, DecoderBlock, DecoderConfig, self_attention_layout
 from model.sampling import sample
 
 B, T, N, V = 3, 6, 9, 50
@@ -110,6 +110,28 @@ def test_incremental_decoding_with_cache_equals_full_recomputation(overrides):
         steps.append(decoder(tokens[:, t : t + 1], clip_embed, patches, cache=cache).logits)
     assert_close(torch.cat(steps, dim=1), full)
     assert cache.length == config.prefix_len + T
+
+
+def test_self_attention_layout_of_both_layouts_by_hand():
+    """Where the T tokens of a call sit in the position table, and the mask they attend with, written out for
+    P = 3 prefix positions: our layout (the caption has its own table) and ClipCap's (one table for both)."""
+    P, T = 3, 4
+    ours, clipcap = tiny_config(prefix_len=P), tiny_config(prefix_len=P, gpt_prefix=True)
+    position, mask = self_attention_layout(ours, T, past=0)  # a first call: prefix + T caption tokens
+    assert position == 0 and mask.tolist() == [[1, 1, 1, 0, 0, 0, 0]] * 3 + [
+        [1, 1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1, 1]]
+    position, mask = self_attention_layout(clipcap, T, past=0)  # GPT-2's: the prefix is causal too
+    assert position == P and mask.tolist() == [[1] * (i + 1) + [0] * (P + T - i - 1) for i in range(P + T)]
+    assert self_attention_layout(ours, 1, past=P + 5) == (5, None)  # one cached token sees everything before it
+    assert self_attention_layout(clipcap, 1, past=P + 5) == (P + 5, None)
+    position, mask = self_attention_layout(ours, 2, past=P + 5)  # two cached tokens: the second sees the first
+    assert position == 5 and mask.tolist() == [[1] * 9 + [0], [1] * 10]
+    _, unpadded = self_attention_layout(ours, T, past=0)
+    _, mask = self_attention_layout(ours, T, past=0, lengths=torch.tensor([4, 2]))  # right-padded rows
+    assert mask.shape == (2, 1, P + T, P + T) and torch.equal(mask[0, 0], unpadded)  # a full row: unchanged
+    assert torch.equal(mask[1, 0], unpadded & (torch.arange(P + T) < P + 2))  # no key after its 2 real tokens
+    with pytest.raises(ValueError, match="max_len"):
+        self_attention_layout(ours, 1, past=P + ours.max_len)
 
 
 def steps_with_cache(decoder, tokens, clip_embed, patches, cache, **kwargs):

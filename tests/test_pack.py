@@ -14,7 +14,8 @@ from exercises.checker import check
 from exercises.pack import PACKED, module, recorded_calls
 from exercises.packdata import Store, load_exercises, replay_call
 from exercises.plug import PLUGS
-from tests.test_exercises import MISTAKES, SOLUTIONS, solution, write_solutions
+from tests.exercise_mistakes import MISTAKES
+from tests.test_exercises import SOLUTIONS, solution, write_solutions
 
 
 @pytest.fixture(scope="module")
