@@ -152,24 +152,24 @@ def read_gpt2_weights(folder, config, max_len=None):
 
 
 def gpt2_captioning_decoder(folder, base: DecoderConfig):
-    """The config of a caption decoder that starts from a GPT-2 or DistilGPT2 folder: GPT-2's sizes and
-    vocabulary, with `base`'s prefix (ClipCap's layout when it has one), cross-attention, caption length
-    and dropout. load_gpt2_weights then fills it."""
+    """(config, weights): the config of a caption decoder that starts from a GPT-2 or DistilGPT2 folder (GPT-2's
+    sizes and vocabulary, with `base`'s prefix (ClipCap's layout when it has one), cross-attention, caption
+    length and dropout), and the folder's weights by our names, checked against that config. The file is
+    read once; load_gpt2_weights then puts the weights into the decoder built from the config."""
     gpt = gpt2_decoder_config(read_config(folder), Path(folder) / "config.json")
     P = base.prefix_len
     config = dataclasses.replace(gpt, prefix_len=P, gpt_prefix=P > 0, prefix_mapper=base.prefix_mapper,
                                  cross_attention=base.cross_attention, dropout=base.dropout,
                                  max_len=min(gpt.max_len, base.max_len + P), patch_proj="linear_norm")
-    fits(lambda: CaptionDecoder(config), read_gpt2_weights(folder, gpt, config.max_len), Path(folder), strict=False)
-    return config  # checked against the weights before the caller builds it
+    weights = read_gpt2_weights(folder, gpt, config.max_len)
+    fits(lambda: CaptionDecoder(config), weights, Path(folder), strict=False)
+    return config, weights  # checked against each other before the caller builds the decoder
 
 
-def load_gpt2_weights(decoder, folder):
-    """Load a GPT-2 folder's weights into a decoder of gpt2_captioning_decoder's config; what GPT-2 has no
-    weights for (fresh cross-attention, a prefix mapper, the patch projection) stays as initialised.
+def load_gpt2_weights(decoder, weights, folder):
+    """Load gpt2_captioning_decoder's weights (read from `folder`) into a decoder of its config; what GPT-2 has
+    no weights for (fresh cross-attention, a prefix mapper, the patch projection) stays as initialised.
     -> the names left fresh."""
-    gpt = gpt2_decoder_config(read_config(folder), Path(folder) / "config.json")
-    weights = read_gpt2_weights(folder, gpt, decoder.config.max_len)
     missing, unexpected = decoder.load_state_dict(weights, strict=False)
     if unexpected:
         raise HuggingFaceError(f"{folder}: weights the decoder has no place for: {', '.join(unexpected[:3])}")

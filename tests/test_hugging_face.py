@@ -4,8 +4,14 @@ small random configurations the tests build and save themselves: nothing is down
 import pytest
 import torch
 
+from model import hugging_face
 from model.caption_model import CaptionModel
-from model.hugging_face import HuggingFaceError, load_gpt2_decoder, load_vit, vision_encoder_decoder
+from model.hugging_face import (
+    HuggingFaceError,
+    load_gpt2_decoder,
+    load_vit,
+    vision_encoder_decoder,
+)
 from model.sampling import DecodingOptions
 
 transformers = pytest.importorskip("transformers")
@@ -185,8 +191,9 @@ def test_a_hub_name_is_not_downloaded_unless_asked(tmp_path, monkeypatch):
 
 
 def test_generate_py_captions_and_draws_with_a_vit_gpt2_folder(tmp_path):
-    import generate
     from PIL import Image
+
+    import generate
 
     folder, _ = vit_gpt2_folder(tmp_path)
     Image.new("RGB", (48, 40), (30, 120, 200)).save(tmp_path / "photo.png")
@@ -195,9 +202,10 @@ def test_generate_py_captions_and_draws_with_a_vit_gpt2_folder(tmp_path):
     assert results[0]["captions"][0] and (tmp_path / "pictures" / "photo.png").exists()
 
 
-def test_training_from_gpt2_with_fresh_cross_attention(tmp_path, capsys):
+def test_training_from_gpt2_with_fresh_cross_attention(tmp_path, capsys, monkeypatch):
     """Seed 003's recipe on the built-in data: a GPT-2 folder starts the decoder (and gives the tokenizer),
-    cross-attention is new, and --train-only cross_attention changes nothing of GPT-2's own weights."""
+    cross-attention is new, and --train-only cross_attention changes nothing of GPT-2's own weights. The
+    weights file is read once (checked against the config, then loaded)."""
     import train
     from tests.test_train import TINY
 
@@ -214,8 +222,10 @@ def test_training_from_gpt2_with_fresh_cross_attention(tmp_path, capsys):
     gpt = transformers.GPT2LMHeadModel(transformers.GPT2Config(**dict(TINY_GPT2, vocab_size=bpe.get_vocab_size(),
                                                                       initializer_range=0.02)))
     saved(gpt, folder)
-    out = tmp_path / "run"
+    out, reads, real_read = tmp_path / "run", [], hugging_face.read_weights
+    monkeypatch.setattr(hugging_face, "read_weights", lambda folder: reads.append(folder) or real_read(folder))
     train.main(TINY + ["--gpt2", str(folder), "--train-only", "cross_attention", "--stop-after", "4", "--out", str(out)])
+    assert len(reads) == 1
     weights = torch.load(out / "checkpoint.pt", weights_only=True)["model"]
     theirs = gpt.state_dict()
     torch.testing.assert_close(weights["decoder.token_embedding.weight"], theirs["transformer.wte.weight"], rtol=0, atol=0)

@@ -133,12 +133,13 @@ def build_model(config, splits, frozen_vit, resumed, device, lead):
             train_captions = [c for caps in splits["train"].targets for c in caps]
             tokenizer = (GPT2Tokenizer.from_folder(config.gpt2) if config.gpt2 else
                          build_tokenizer(config.tokenizer, train_captions, config.min_count))
-            decoder_config = gpt2_captioning_decoder(config.gpt2, config.decoder) if config.gpt2 else config.decoder
+            decoder_config, gpt2_weights = (gpt2_captioning_decoder(config.gpt2, config.decoder) if config.gpt2
+                                            else (config.decoder, None))
         model = build_caption_model(config.vit, decoder_config, tokenizer.vocab_size, frozen_vit).to(device)
         if resumed is not None:
             check_fits(model.config, {k: v.shape for k, v in resumed["model"].items()}, f"{where}, model_config", where)
         elif config.gpt2:
-            fresh = load_gpt2_weights(model.decoder, config.gpt2)
+            fresh = load_gpt2_weights(model.decoder, gpt2_weights, config.gpt2)
             if lead:
                 print(f"decoder from {config.gpt2}; new, trained from scratch: {describe_fresh(fresh)}")
     except ValueError as e:  # a GPT-2 folder or a checkpoint that cannot be used: one line naming the file
