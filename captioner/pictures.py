@@ -43,11 +43,10 @@ def attention_figure(result, layer=None, columns=6, smooth=False):
                     ax.axvline(i * width / grid, color="white", lw=0.4, alpha=0.5)
         ax.set_title(title + (" (smoothed)" if smooth and heat is not None else ""), fontsize=11)
     if shown is not None:
-        bar = fig.colorbar(shown, ax=axes, shrink=0.8, label="share of the word's attention per patch")
-        uniform = 1 / grid**2
-        bar.ax.axhline(uniform, color="cyan", lw=2)
-        bar.ax.text(1.05, uniform, f" uniform 1/{grid * grid}", color="black", fontsize=8, va="center",
-                    transform=bar.ax.get_yaxis_transform())
+        # the uniform level named in the bar's label, not beside the bar, where it would cover a tick's number
+        bar = fig.colorbar(shown, ax=axes, shrink=0.8,
+                           label=f"share of the word's attention per patch\n(cyan line: uniform, 1/{grid * grid})")
+        bar.ax.axhline(1 / grid**2, color="cyan", lw=2)
     fig.suptitle(result.text, fontsize=12)
     return fig
 
