@@ -35,6 +35,19 @@ def test_scores_from_captions_files_and_from_a_model_agree(shapes_model, scored_
     assert from_json["BLEU-4"] > 0.5  # the shared model captions the built-in scenes nearly perfectly
 
 
+def test_compile_scores_as_eager(shapes_model, scored_folder, monkeypatch):
+    """evaluate.py --model --compile: the decoder's steps go through compile_steps() and the scores are the
+    eager ones. Traced by torch.compile and run as traced (its "eager" backend), so no C++ build here;
+    tests/test_generate.py runs --compile with Inductor from a cold cache."""
+    import torch
+
+    compiled, real_compile = [], torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compiled.append(fn) or real_compile(fn, backend="eager",
+                                                                                            dynamic=False))
+    argv = ["--model", str(shapes_model), "--images", str(scored_folder), str(scored_folder / "refs.json")]
+    assert evaluate.main(argv + ["--compile"]) == evaluate.main(argv) and len(compiled) == 1
+
+
 @pytest.mark.parametrize("argv, message", [
     (["missing.json", "refs.json"], "no such captions file"),
     (["--model", "m", "refs.json"], "--model needs --images"),
