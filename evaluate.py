@@ -116,7 +116,10 @@ def main(argv=None):
     except CaptionerError as e:
         raise SystemExit(f"error: {e}") from None
     if args.model:
-        generated = caption_with_model(args, references.names(args.split))
+        try:
+            generated = caption_with_model(args, references.names(args.split))
+        except CaptionerError as e:  # e.g. --compile without a C++ compiler: one line (model/errors.py)
+            raise SystemExit(f"error: {e}") from None
     else:
         generated = matched(generated, references)
     names = [n for n in sorted(generated) if args.split is None or references.splits.get(n) == args.split]

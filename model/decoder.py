@@ -11,7 +11,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from model.attention import AttentionCache, MultiHeadAttention, causal_mask, padding_mask, prefix_lm_mask
+from model.attention import (
+    AttentionCache,
+    MultiHeadAttention,
+    causal_mask,
+    padding_mask,
+    prefix_lm_mask,
+)
+from model.errors import CaptionerError
 from model.hooks import mask_from, plugged
 from model.mlp import MLP
 from model.sizes import check_sizes
@@ -207,6 +214,10 @@ def self_attention_layout(config: DecoderConfig, T, past, lengths=None, device=N
     return position, mask
 
 
+class CompileError(CaptionerError):
+    """torch.compile could not build the decoding step (compile_steps): said in one line."""
+
+
 # While compiling a step, and before each compiled step runs, torch.compile checks its guards: that every module,
 # parameter and cache tensor is still what the compiled code assumed. These guards then skip a module's subtree
 # whose attributes have not changed since (dict version tags), which halves their cost per step (~0.2 ms on CPU).
@@ -285,10 +296,23 @@ class CaptionDecoder(nn.Module):
         if self.compiled_step is None:
             logits = self.fixed_step(tokens, patch_mask, cache)
         else:
-            with DICT_TAG_GUARDS:  # modules unchanged since compiling: skip their guards, safely (see the constant)
-                logits = self.compiled_step(tokens, patch_mask, cache)
+            logits = self.run_compiled_step(tokens, patch_mask, cache)
         cache.advance(1)
         return DecoderOutput(logits)
+
+    def run_compiled_step(self, tokens, patch_mask, cache):
+        """The compiled fixed_step; a compiler that cannot build it (a CPU without a C++ compiler) is one line."""
+        try:
+            with DICT_TAG_GUARDS:  # modules unchanged since compiling: skip their guards, safely (see the constant)
+                return self.compiled_step(tokens, patch_mask, cache)
+        except RuntimeError as e:
+            from torch._dynamo.exc import BackendCompilerFailed
+            from torch._inductor.exc import InductorError
+
+            if not isinstance(e, (BackendCompilerFailed, InductorError)):
+                raise
+            raise CompileError(f"torch.compile could not build the decoding step ({str(e).strip().splitlines()[0]}); "
+                               "caption without --compile, or install a C++ compiler (a CPU needs one)") from None
 
     def fixed_step(self, tokens, patch_mask, cache):
         """forward's cached step, with shapes that never change: the new token (B, 1) goes to slot

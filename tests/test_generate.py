@@ -237,3 +237,15 @@ def test_compiled_steps_give_the_same_beams_and_samples(shapes_model, scenes):
     compiled.model.decoder.compile_steps(backend="eager")
     for options in (dict(), dict(beam=3), dict(temperature=1.0, num=3, seed=1)):
         assert compiled.caption(images, batch_size=4, **options) == eager.caption(images, batch_size=4, **options)
+
+
+def test_compile_without_a_cpp_compiler_is_one_line(shapes_model, scenes, tmp_path):
+    """A CPU machine without a working C++ compiler (Inductor needs one): --compile stops with one line that
+    says what to do, as the user sees it, instead of Inductor's traceback."""
+    folder, _ = scenes
+    env = {**os.environ, "CXX": str(tmp_path / "no-such-compiler"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "generate.py", str(shapes_model), str(folder / "00.png"), "--compile"],
+                          cwd=ROOT, env=env, capture_output=True, text=True)
+    lines = [line for line in done.stderr.splitlines() if "cpp_extension.py" not in line]  # torch's CUDA_HOME note
+    assert done.returncode == 1 and len(lines) == 1, done.stderr
+    assert lines[0].startswith("error: torch.compile could not build the decoding step") and "without --compile" in lines[0]
