@@ -6,6 +6,7 @@ every position look at the image patches. Logits come out for the caption positi
 position t predicts caption token t + 1.
 """
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -218,10 +219,16 @@ class CompileError(CaptionerError):
     """torch.compile could not build the decoding step (compile_steps): said in one line."""
 
 
-# While compiling a step, and before each compiled step runs, torch.compile checks its guards: that every module,
-# parameter and cache tensor is still what the compiled code assumed. These guards then skip a module's subtree
-# whose attributes have not changed since (dict version tags), which halves their cost per step (~0.2 ms on CPU).
-DICT_TAG_GUARDS = torch._dynamo.config.patch(use_recursive_dict_tags_for_guards=True)
+def dict_tag_guards():
+    """While compiling a step, and before each compiled step runs, torch.compile checks its guards: that every
+    module, parameter and cache tensor is still what the compiled code assumed. With this setting the guards
+    skip a module's subtree whose attributes have not changed since (dict version tags), which halves their
+    cost per step (about 0.2 ms on a CPU). A torch without the setting checks them all."""
+    import torch._dynamo.config as dynamo  # only here: importing it costs a second, and only --compile needs it
+
+    if hasattr(dynamo, "use_recursive_dict_tags_for_guards"):
+        return dynamo.patch(use_recursive_dict_tags_for_guards=True)
+    return contextlib.nullcontext()
 
 
 class CaptionDecoder(nn.Module):
@@ -303,7 +310,7 @@ class CaptionDecoder(nn.Module):
     def run_compiled_step(self, tokens, patch_mask, cache):
         """The compiled fixed_step; a compiler that cannot build it (a CPU without a C++ compiler) is one line."""
         try:
-            with DICT_TAG_GUARDS:  # modules unchanged since compiling: skip their guards, safely (see the constant)
+            with dict_tag_guards():
                 return self.compiled_step(tokens, patch_mask, cache)
         except RuntimeError as e:
             from torch._dynamo.exc import BackendCompilerFailed
