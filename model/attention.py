@@ -92,7 +92,7 @@ class AttentionCache:
         S, T = (0 if self.k is None else self.k.size(2)), k.size(2)
         if self.buffers is None or S + T > self.buffers[0].size(2):
             B, H, _, D = k.shape
-            size = max(self.capacity, 2 * (S + T))
+            size = self.capacity if S + T <= self.capacity else 2 * (S + T)  # exactly capacity while it fits
             grown = tuple(x.new_zeros(B, H, size, D) for x in (k, v))  # zeros: a fixed cache reads empty slots
             for buffer, old in zip(grown, (self.k, self.v)):
                 if S:

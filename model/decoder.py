@@ -299,6 +299,8 @@ class CaptionDecoder(nn.Module):
         if tokens.size(1) != 1 or return_attn:
             raise ValueError("a fixed-length cache takes one token per step, without return_attn")
         self_attention_layout(self.config, 1, cache.length)  # refuses a position past max_len
+        if cache.length >= cache.capacity:
+            raise ValueError(f"the fixed-length cache is full: it holds {cache.capacity} positions")
         tokens = tokens.clone(memory_format=torch.contiguous_format)  # a view's strides would change each step
         if self.compiled_step is None:
             logits = self.fixed_step(tokens, patch_mask, cache)

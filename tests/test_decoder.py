@@ -156,6 +156,12 @@ def test_a_fixed_length_cache_gives_the_logits_of_full_recomputation(overrides):
     fixed = steps_with_cache(decoder, tokens, clip_embed, patches, cache, patch_mask=keep)
     assert_close(fixed, full[:, -fixed.size(1):])  # ClipCap's layout drops the start token's prediction
     assert cache.length == cache.position.item() and cache.layers[0][0].buffers[0].size(2) == cache.capacity
+    small = decoder.new_cache(max_tokens=2, fixed=True)  # room for the prefix and two caption tokens only
+    decoder(tokens[:, :2], clip_embed, patches, cache=small)
+    with pytest.raises(ValueError, match="the fixed-length cache is full: it holds"):
+        for t in range(2, T):
+            decoder(tokens[:, t : t + 1], clip_embed, patches, cache=small)
+    assert small.length == small.capacity == small.layers[0][0].buffers[0].size(2)  # filled to the last slot
 
 
 def test_the_empty_slots_of_a_fixed_cache_are_masked():

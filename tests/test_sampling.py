@@ -103,7 +103,7 @@ def test_a_fixed_length_cache_decodes_as_the_growing_one():
         decoder.token_embedding.weight *= 20  # confident logits: no near-ties for rounding to flip
     fixed, (clip_embed, patches) = with_fixed_caches(decoder), image_inputs(4)
     common = dict(bos_id=BOS, eos_id=EOS)
-    for options in (dict(), dict(temperature=1.0, top_k=5)):
+    for options in (dict(), dict(temperature=1.0, top_k=5), dict(max_new_tokens=2)):  # a cache shorter than 2x the prefix
         runs = [sample(d, clip_embed, patches, generator=torch.Generator().manual_seed(3), **common, **options)
                 for d in (decoder, fixed)]
         assert torch.equal(*runs), options
