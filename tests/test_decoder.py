@@ -142,7 +142,7 @@ def steps_with_cache(decoder, tokens, clip_embed, patches, cache, **kwargs):
     return torch.cat(steps, dim=1)
 
 
-@pytest.mark.parametrize("overrides", [{}, {"gpt_prefix": True}, {"cross_attention": False}])
+@pytest.mark.parametrize("overrides", [{}, {"gpt_prefix": True}, {"cross_attention": False}, {"prefix_len": 0}])
 def test_a_fixed_length_cache_gives_the_logits_of_full_recomputation(overrides):
     """A fixed-length cache (every step attends over all its slots, the empty ones masked): same logits as
     recomputing the whole sequence, in both layouts, with patches hidden by a patch mask."""
