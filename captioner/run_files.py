@@ -42,9 +42,8 @@ def read_metrics(log_path):
 
 
 def write_loss_curve(log_path, png_path):
-    from matplotlib.figure import (
-        Figure,  # no pyplot: leaves a notebook's plotting backend alone
-    )
+    # no pyplot: leaves a notebook's plotting backend alone
+    from matplotlib.figure import Figure
 
     rows = read_metrics(log_path)
     train = [(r["step"], r["train_loss"]) for r in rows if "train_loss" in r]
@@ -83,8 +82,6 @@ def write_metric_curves(log_path, png_path):
     fig.suptitle("validation, after every epoch")
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)
-
-
 
 
 def tensorboard_writer(folder):

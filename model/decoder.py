@@ -279,22 +279,22 @@ class CaptionDecoder(nn.Module):
         Returns DecoderOutput with logits (B, T, V).
         """
         first = cache is None or cache.length == 0
+        memory_mask = patch_mask[:, None, None, :] if patch_mask is not None else None  # (B, 1, 1, N)
         if not first and cache.position is not None:  # a fixed-length cache: the same shapes every step
-            return self.step_with_fixed_cache(tokens, patch_mask, cache, return_attn)
+            return self.step_with_fixed_cache(tokens, memory_mask, cache, return_attn)
         if first and self.config.gpt_prefix:  # ClipCap: the prefix's last position stands for the start token
             tokens, lengths = tokens[:, 1:], lengths - 1 if lengths is not None else None
         position, mask = self_attention_layout(self.config, tokens.size(1), 0 if first else cache.length,
                                                lengths, tokens.device)
         x = self.embed(tokens, position, clip_embed if first else None)  # (B, L, C), or (B, T, C) on a cached step
         memory = self.image_memory(patches, x.dtype) if first else None  # a cached step's keys are in the cache
-        memory_mask = patch_mask[:, None, None, :] if patch_mask is not None else None  # (B, 1, 1, N)
         x, self_attn, cross_attn = self.run_blocks(x, memory, mask, memory_mask, cache, return_attn)
         if cache is not None:
             cache.advance(x.size(1))
         logits = self.head(x[:, self.caption_start:] if first else x)  # (B, T, V)
         return DecoderOutput(logits, self_attn, cross_attn) if return_attn else DecoderOutput(logits)
 
-    def step_with_fixed_cache(self, tokens, patch_mask, cache, return_attn=False):
+    def step_with_fixed_cache(self, tokens, memory_mask, cache, return_attn=False):
         """A cached step with a fixed-length cache (compiled after compile_steps()): one token per row."""
         if tokens.size(1) != 1 or return_attn:
             raise ValueError("a fixed-length cache takes one token per step, without return_attn")
@@ -303,17 +303,17 @@ class CaptionDecoder(nn.Module):
             raise ValueError(f"the fixed-length cache is full: it holds {cache.capacity} positions")
         tokens = tokens.clone(memory_format=torch.contiguous_format)  # a view's strides would change each step
         if self.compiled_step is None:
-            logits = self.fixed_step(tokens, patch_mask, cache)
+            logits = self.fixed_step(tokens, memory_mask, cache)
         else:
-            logits = self.run_compiled_step(tokens, patch_mask, cache)
+            logits = self.run_compiled_step(tokens, memory_mask, cache)
         cache.advance(1)
         return DecoderOutput(logits)
 
-    def run_compiled_step(self, tokens, patch_mask, cache):
+    def run_compiled_step(self, tokens, memory_mask, cache):
         """The compiled fixed_step; a compiler that cannot build it (a CPU without a C++ compiler) is one line."""
         try:
             with dict_tag_guards():
-                return self.compiled_step(tokens, patch_mask, cache)
+                return self.compiled_step(tokens, memory_mask, cache)
         except RuntimeError as e:
             from torch._dynamo.exc import BackendCompilerFailed
             from torch._inductor.exc import InductorError
@@ -323,14 +323,14 @@ class CaptionDecoder(nn.Module):
             raise CompileError(f"torch.compile could not build the decoding step ({str(e).strip().splitlines()[0]}); "
                                "caption without --compile, or install a C++ compiler (a CPU needs one)") from None
 
-    def fixed_step(self, tokens, patch_mask, cache):
+    def fixed_step(self, tokens, memory_mask, cache):
         """forward's cached step, with shapes that never change: the new token (B, 1) goes to slot
         cache.position (a tensor, not a Python int) and attends over all the cache's slots, the empty ones
-        masked -> logits (B, 1, V). Tested equal to the growing cache (tests/test_decoder.py)."""
+        masked -> logits (B, 1, V). memory_mask: (B, 1, 1, N) or None, as forward makes it from patch_mask.
+        Tested equal to the growing cache (tests/test_decoder.py)."""
         row = cache.position - (0 if self.config.gpt_prefix else self.config.prefix_len)  # (1,) its position-table row
         x = self.token_embedding(tokens) + self.positional_embedding[row]  # (B, 1, C)
         mask = (torch.arange(cache.capacity, device=tokens.device) <= cache.position)[None]  # (1, S): filled + its own
-        memory_mask = patch_mask[:, None, None, :] if patch_mask is not None else None  # (B, 1, 1, N)
         x, _, _ = self.run_blocks(x, None, mask, memory_mask, cache, False)
         return self.head(x)  # (B, 1, V)
 
