@@ -10,7 +10,7 @@ alternating runs, median per step:
   Each step has to read all of these weights from memory once, so this is the floor for any eager
   implementation; bytes / time is the memory bandwidth the machine gives.
 - ours: CaptionDecoder with a KV cache (what sample() runs), fused attention.
-- ours, compiled: the same decoder after compile_steps(): a fixed-length cache (every slot attended, the
+- ours, compiled: the same decoder in model/compiled.py's CompiledDecoder: a fixed-length cache (every slot attended, the
   empty ones masked, so the shapes never change), the step through torch.compile (Inductor), the
   written-out attention fused by Inductor. The compile happens in untimed warm-up steps; `--cold` first
   points Inductor at an empty cache folder.
@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
+from model.compiled import CompiledDecoder
 from model.decoder import CaptionDecoder, DecoderConfig
 
 VOCAB, PATCHES = 7440, (49, 768)  # the word vocabulary of Flickr30k, ViT-B-32 patch tokens
@@ -76,9 +77,9 @@ def main():
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-")
     torch.manual_seed(0)
     big = CaptionDecoder(DecoderConfig(vocab_size=VOCAB, dropout=0.0)).eval()
-    compiled = CaptionDecoder(big.config).eval()
-    compiled.load_state_dict(big.state_dict())
-    compiled.compile_steps()
+    twin = CaptionDecoder(big.config).eval()  # CompiledDecoder switches its decoder to the written-out attention
+    twin.load_state_dict(big.state_dict())
+    compiled = CompiledDecoder(twin)
     small = CaptionDecoder(DecoderConfig(vocab_size=VOCAB, width=32, dropout=0.0)).eval()
     pairs = step_weights(big)
     inputs = [torch.randn(1, 1, w.size(1)) for w, _ in pairs]

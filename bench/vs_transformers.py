@@ -16,7 +16,7 @@ Decoding: greedy and beam 3, batch 1 and 32, KV cache on both, every caption for
 (no end token can stop a row). Training: one step (forward, cross-entropy, backward, AdamW) at
 batch 64 with 32 caption tokens. Runs alternate between ours and theirs; medians are reported.
 
---compile adds a third decoder to the decoding rows: ours after compile_steps() (fixed-length caches, each
+--compile adds a third decoder to the decoding rows: ours in model/compiled.py's CompiledDecoder (fixed-length caches, each
 step through torch.compile), compiled in the untimed warm-up run of each row.
 """
 
@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from captioner.cli import pick_device
+from model.compiled import CompiledDecoder
 from model.decoder import CaptionDecoder, DecoderConfig
 from model.sampling import beam_search, sample
 
@@ -113,7 +114,7 @@ def main():
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                    help="weights and activations; bfloat16 is for GPUs")
-    p.add_argument("--compile", action="store_true", help="also time our decoder with compile_steps()")
+    p.add_argument("--compile", action="store_true", help="also time our decoder with compiled steps (model/compiled.py)")
     args = p.parse_args()
     import transformers
 
@@ -121,9 +122,9 @@ def main():
     ours, theirs = build(device, dtype)
     compiled = None
     if args.compile:
-        compiled = CaptionDecoder(ours.config).to(device, dtype).eval()
-        compiled.load_state_dict(ours.state_dict())
-        compiled.compile_steps()
+        twin = CaptionDecoder(ours.config).to(device, dtype).eval()  # CompiledDecoder makes its attention written out
+        twin.load_state_dict(ours.state_dict())
+        compiled = CompiledDecoder(twin)
     rows = [(f"{'greedy' if beams == 1 else f'beam {beams}'}, batch {batch}", batch,
              lambda b=batch, k=beams: decoding_runs(ours, theirs, b, k, device, dtype, compiled))
             for beams in (1, 3) for batch in (1, 32)]

@@ -5,6 +5,7 @@ import torch
 
 from captioner.api import Captioner
 from model.checkpoint import CheckpointError
+from model.compiled import compile_steps
 
 DEVICE_HELP = '"auto" (CUDA, else a Mac\'s MPS, else the CPU), "cpu", "cuda", "mps", ... (default: auto)'
 
@@ -33,7 +34,7 @@ def add_device_flag(parser, when=""):
 
 
 def add_compile_flag(parser, when=""):
-    """--compile: each cached decoding step through torch.compile (CaptionDecoder.compile_steps)."""
+    """--compile: each cached decoding step through torch.compile (model/compiled.py)."""
     parser.add_argument("--compile", action="store_true",
                         help=when + "compile the decoder's step with torch.compile: faster steps after the first "
                                     "batch, which compiles (about 20 s on a CPU, which needs a C++ compiler); "
@@ -49,5 +50,5 @@ def load_captioner(path, device="auto", download=False, dtype="float32", compile
     except CheckpointError as e:
         raise SystemExit(f"error: {e}") from None
     if compile:
-        captioner.model.decoder.compile_steps()
+        compile_steps(captioner.model)
     return captioner.to(dtype=getattr(torch, dtype))

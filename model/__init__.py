@@ -7,15 +7,17 @@ Shape letters used in every comment under model/:
 """
 
 from model.attention import MultiHeadAttention, attention, causal_mask, padding_mask, prefix_lm_mask
-from model.caption_model import CaptionModel, CaptionModelConfig, build_caption_model
-from model.decoder import CaptionDecoder, DecoderBlock, DecoderConfig, KVCache, PrefixMapper
+from model.caption_model import CaptionModel, CaptionModelConfig, build_caption_model, build_decoder
+from model.clipcap_layout import ClipCapDecoder
+from model.decoder import CaptionDecoder, DecoderBlock, DecoderConfig, KVCache
+from model.prefix import PrefixMapper
 from model.sampling import DecodingOptions, beam_search, best_beams, decode, sample, top_k_filter, top_p_filter
 from model.vit import PatchEmbedding, ViTConfig, VisionTransformer
 
 __all__ = [
     "attention", "causal_mask", "padding_mask", "prefix_lm_mask", "MultiHeadAttention",
     "ViTConfig", "PatchEmbedding", "VisionTransformer",
-    "DecoderConfig", "PrefixMapper", "DecoderBlock", "CaptionDecoder", "KVCache",
+    "DecoderConfig", "PrefixMapper", "DecoderBlock", "CaptionDecoder", "KVCache", "ClipCapDecoder", "build_decoder",
     "top_k_filter", "top_p_filter", "sample", "best_beams", "beam_search", "DecodingOptions", "decode",
     "CaptionModelConfig", "CaptionModel", "build_caption_model",
 ]

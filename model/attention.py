@@ -67,11 +67,8 @@ class AttentionCache:
     static=False (self-attention): every step writes its keys and values into buffers made once for
     `capacity` positions (`append`), so the past is never copied again; k and v are views of the
     filled part. static=True (cross-attention): computed from the context on the first step, then
-    reused (later steps need not pass the context again).
-
-    With a `position` (a fixed-length cache, for torch.compile), the steps after the first write their one
-    position's keys and values at slot `position` and return every slot, filled or not: shapes that never
-    change from step to step. The caller masks the empty slots (CaptionDecoder.fixed_step).
+    reused (later steps need not pass the context again). A fixed-length variant for torch.compile is
+    FixedAttentionCache in model/compiled.py.
     """
 
     static: bool = False
@@ -79,21 +76,14 @@ class AttentionCache:
     k: torch.Tensor = None
     v: torch.Tensor = None
     buffers: tuple = None  # (keys, values), each (B, H, capacity, D)
-    position: torch.Tensor = None  # (1,) the next empty slot, shared by every layer; None: a growing cache
 
     def append(self, k, v):
-        """Write this step's keys and values (B, H, T, D) after the earlier ones; returns all (B, H, S + T, D),
-        or with a `position`, after the first step, every slot (B, H, capacity, D)."""
-        if self.position is not None and self.buffers is not None:
-            keys, values = self.buffers
-            keys.index_copy_(2, self.position, k)  # in place, at a slot held in a tensor: no new shape
-            values.index_copy_(2, self.position, v)
-            return keys, values
+        """Write this step's keys and values (B, H, T, D) after the earlier ones; returns all (B, H, S + T, D)."""
         S, T = (0 if self.k is None else self.k.size(2)), k.size(2)
         if self.buffers is None or S + T > self.buffers[0].size(2):
             B, H, _, D = k.shape
             size = self.capacity if S + T <= self.capacity else 2 * (S + T)  # exactly capacity while it fits
-            grown = tuple(x.new_zeros(B, H, size, D) for x in (k, v))  # zeros: a fixed cache reads empty slots
+            grown = tuple(x.new_zeros(B, H, size, D) for x in (k, v))  # zeros: model/compiled.py reads empty slots
             for buffer, old in zip(grown, (self.k, self.v)):
                 if S:
                     buffer[:, :, :S] = old

@@ -7,9 +7,15 @@ import torch
 from torch import nn
 
 from model.config import from_dict, to_dict
+from model.clipcap_layout import ClipCapDecoder
 from model.decoder import CaptionDecoder, DecoderConfig
 from model.sampling import DecodingOptions, decode
 from model.vit import VisionTransformer, ViTConfig
+
+
+def build_decoder(config: DecoderConfig):
+    """The decoder a config describes: ClipCap's causal layout (model/clipcap_layout.py) when gpt_prefix, else ours."""
+    return (ClipCapDecoder if config.gpt_prefix else CaptionDecoder)(config)
 
 
 @dataclass
@@ -34,7 +40,8 @@ class CaptionModel(nn.Module):
         super().__init__()
         self.config = config
         self.encoder = VisionTransformer(config.vit) if config.vit is not None else None
-        self.decoder = CaptionDecoder(config.decoder)
+        self.decoder = build_decoder(config.decoder)
+        self.fast_steps = None  # model/compiled.py's CompiledDecoder, which generate() decodes with after compile_steps
         if config.frozen_encoder and self.encoder is not None:
             self.encoder.requires_grad_(False)
 
@@ -99,7 +106,7 @@ class CaptionModel(nn.Module):
         -> a list of options.num (B, T_new) tensors.
         """
         clip_embed, patches = self.conditioning(images, features, prefix_images)
-        return decode(self.decoder, clip_embed, patches, bos_id, eos_id, options, self.memory_mask(patch_mask),
+        return decode(self.fast_steps or self.decoder, clip_embed, patches, bos_id, eos_id, options, self.memory_mask(patch_mask),
                       generator, deadline)
 
     @torch.no_grad()

@@ -2,7 +2,7 @@
 
 ClipCap maps a CLIP image embedding to P prefix vectors (`clip_project`: an MLP, or its transformer
 mapper) and runs GPT-2 (`gpt`) over [prefix ; caption] as one causal sequence, the prefix taking the
-first positions. Our CaptionDecoder does exactly that with `prefix_mapper="mlp"` (or
+first positions. Our ClipCapDecoder (model/clipcap_layout.py) does exactly that with `prefix_mapper="mlp"` (or
 "clipcap-transformer"), `cross_attention=False` and `gpt_prefix=True`; the encoder is a frozen OpenCLIP
 ViT-B-32 (load_clip_vit), whose pooled output is CLIP's image embedding.
 
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from model.caption_model import CaptionModel, CaptionModelConfig
+from model.caption_model import CaptionModel, CaptionModelConfig, build_decoder
 from model.checkpoint import load_weights_only
-from model.decoder import CaptionDecoder, DecoderConfig
+from model.decoder import DecoderConfig
 from model.hugging_face import HuggingFaceError, gpt2_state_dict, load_into
 
 
@@ -81,14 +81,14 @@ def mapper_state_dict(state, config):
 
 
 def load_clipcap_decoder(path):
-    """A ClipCap checkpoint (MLP or transformer mapper) -> our CaptionDecoder, in eval mode."""
+    """A ClipCap checkpoint (MLP or transformer mapper) -> our ClipCapDecoder, in eval mode."""
     state = read_clipcap(path)
     try:
         config = clipcap_decoder_config(state, path)
         ours = gpt2_state_dict(state, config, prefix="gpt.") | mapper_state_dict(state, config)
     except KeyError as e:
         raise HuggingFaceError(f"{path}: the weights lack {e.args[0]}: not a ClipCap checkpoint") from None
-    return load_into(lambda: CaptionDecoder(config), ours, path).eval()
+    return load_into(lambda: build_decoder(config), ours, path).eval()
 
 
 def clipcap_model(path, clip_vit):

@@ -2,28 +2,21 @@
 
 The sequence the decoder runs over is [prefix tokens (P) ; caption tokens (T)]. Masked self-attention
 lets every position see the whole prefix and the caption tokens up to itself; cross-attention lets
-every position look at the image patches. Logits come out for the caption positions only:
-position t predicts caption token t + 1.
+every position look at the image patches. forward reads embed -> blocks -> head, on a first call or a
+cached step. Beside it: ClipCap's own layout (model/clipcap_layout.py) and a fixed-length cache with a
+compiled step (model/compiled.py), each tested equal to this file's decoder.
 """
 
-import contextlib
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from model.attention import (
-    AttentionCache,
-    MultiHeadAttention,
-    causal_mask,
-    padding_mask,
-    prefix_lm_mask,
-)
-from model.errors import CaptionerError
-from model.hooks import mask_from, plugged
+from model.attention import AttentionCache, MultiHeadAttention, causal_mask, padding_mask, prefix_lm_mask
+from model.hooks import plugged
 from model.mlp import MLP
 from model.sizes import check_sizes
-from model.vit import EncoderBlock
+from model.prefix import PrefixMapper
 
 
 @dataclass
@@ -58,19 +51,13 @@ class DecoderConfig:
             *((getattr(self, name) not in allowed, f"{name} must be one of {', '.join(allowed)}, not "
                f"{getattr(self, name)!r}") for name, allowed in self.CHOICES.items()),
             (self.width % self.heads, f"width {self.width} is not divisible by heads {self.heads}"),
-            (self.max_caption < 2, f"max_len {self.max_len} leaves no room for a caption after a prefix of "
-                                   f"{self.prefix_len}"),
+            (self.gpt_prefix and self.max_len <= self.prefix_len,  # ClipCap's table holds the prefix's positions too
+             f"max_len {self.max_len} leaves no room for a caption after a prefix of {self.prefix_len}"),
             (self.gpt_prefix and self.prefix_len == 0, "gpt_prefix (ClipCap's layout) needs a prefix: prefix_len "
                                                        "must be above 0"),
             (self.patch_proj == "none" and self.patch_dim != self.width,
              f"patch_proj 'none' needs patch_dim == width, not {self.patch_dim} and {self.width}"),
         ])
-
-    @property
-    def max_caption(self):
-        """The longest caption, start token included, that the position table holds. max_len counts caption
-        positions; in ClipCap's layout it counts the prefix's too, and the start token takes none."""
-        return self.max_len - self.prefix_len + 1 if self.gpt_prefix else self.max_len
 
 
 @dataclass
@@ -80,36 +67,6 @@ class DecoderOutput:
     # (prefix rows first) and the T new positions on a cached step; slice [:, :, -T:] for the caption.
     self_attn: list = None  # (B, H, L, L), or (B, H, T, S) on a cached step (S = every position so far)
     cross_attn: list = None  # (B, H, L, N), or (B, H, T, N)
-
-
-class PrefixMapper(nn.Module):
-    """Map the pooled CLIP embedding to P prefix tokens: (B, E) -> (B, P, C)."""
-
-    def __init__(self, config: DecoderConfig):
-        super().__init__()
-        self.kind, P, C = config.prefix_mapper, config.prefix_len, config.width
-        if self.kind == "mlp":
-            self.mlp = nn.Sequential(nn.Linear(config.clip_dim, P * C // 2), nn.Tanh(), nn.Linear(P * C // 2, P * C))
-        elif self.kind in ("transformer", "clipcap-transformer"):  # ClipCap's: 8 heads, a ReLU MLP twice as wide
-            heads, ratio, gelu = (8, 2.0, "relu") if self.kind == "clipcap-transformer" else (config.heads, 4.0, "exact")
-            self.linear = nn.Linear(config.clip_dim, P * C)
-            self.constants = nn.Parameter(torch.randn(P, C) * 0.02)  # learned queries, read out as the prefix
-            self.blocks = nn.ModuleList(EncoderBlock(C, heads, ratio, fused=config.fused, gelu=gelu)
-                                        for _ in range(config.mapper_layers))
-        else:
-            raise ValueError(f"prefix_mapper must be 'mlp', 'transformer' or 'clipcap-transformer', not {self.kind!r}")
-        self.P, self.C = P, C
-
-    def forward(self, clip_embed):
-        B = clip_embed.size(0)
-        if self.kind == "mlp":
-            return self.mlp(clip_embed).view(B, self.P, self.C)  # (B, P, C)
-        # the CLIP embedding as P tokens, then P learned constants; the constants' outputs are the prefix
-        x = self.linear(clip_embed).view(B, self.P, self.C)  # (B, P, C)
-        x = torch.cat([x, self.constants.expand(B, -1, -1)], dim=1)  # (B, 2P, C)
-        for block in self.blocks:
-            x, _ = block(x)
-        return x[:, self.P :]  # (B, P, C)
 
 
 class DecoderBlock(nn.Module):
@@ -143,24 +100,16 @@ class DecoderBlock(nn.Module):
 
 
 class KVCache:
-    """Per-layer keys and values for incremental decoding, and how many positions they cover.
+    """Per-layer keys and values for incremental decoding, and how many positions (prefix included) they cover."""
 
-    fixed=True: every step after the first sees all `capacity` slots, the empty ones masked, so each step has
-    the same shapes (what torch.compile needs to build the step once); the next slot is a tensor, `position`.
-    """
-
-    def __init__(self, layers, capacity=0, fixed=False, device=None):
-        self.position = torch.zeros(1, dtype=torch.long, device=device) if fixed else None  # (1,), fixed only
-        self.layers = [(AttentionCache(capacity=capacity, position=self.position), AttentionCache(static=True))
-                       for _ in range(layers)]
-        self.length = 0  # positions (prefix included) already processed
+    def __init__(self, layers, capacity=0):
+        self.layers = [(AttentionCache(capacity=capacity), AttentionCache(static=True)) for _ in range(layers)]
+        self.length = 0  # positions already processed
         self.capacity = capacity
 
     def advance(self, n):
         """n more positions are in the cache."""
         self.length += n
-        if self.position is not None:
-            self.position += n  # in place: every layer's cache holds this tensor
 
     def reorder(self, index, images_too=True):
         """Keep batch rows `index`, e.g. to follow the beams that survive a step of beam search.
@@ -172,102 +121,34 @@ class KVCache:
                 cross_cache.reorder(index)
 
 
-def patch_projection(c: DecoderConfig):
-    """How the image's tokens enter cross-attention: (B, N, patch_dim) -> (B, N, C)."""
-    if c.patch_proj == "linear_norm":
-        return nn.Sequential(nn.Linear(c.patch_dim, c.width), nn.LayerNorm(c.width))
-    if c.patch_proj == "linear":  # Hugging Face's enc_to_dec_proj
-        return nn.Linear(c.patch_dim, c.width)
-    if c.patch_proj == "none" and c.patch_dim == c.width:  # ViT-GPT2: the encoder is already as wide
-        return nn.Identity()
-    raise ValueError(f"patch_proj must be 'linear_norm', 'linear' or 'none' (with patch_dim == width), "
-                     f"not {c.patch_proj!r} with patch_dim {c.patch_dim} and width {c.width}")
-
-
-def self_attention_layout(config: DecoderConfig, T, past, lengths=None, device=None):
-    """Where a call's T caption tokens sit, and what each of its positions may attend to, in either layout.
-
-    past: positions (prefix included) already in the cache, 0 on a first call (which also runs the P prefix
-    positions). T counts the tokens as they enter the blocks (ClipCap's layout has already dropped the start
-    token). lengths: (B,) real lengths of those T tokens in a right-padded batch, or None.
-    -> (the position-table row of the first token, the self-attention mask (.., L, S) or None).
-    """
-    P, first = config.prefix_len, past == 0
-    if config.gpt_prefix:  # ClipCap: one position table for [prefix ; caption]
-        position = P if first else past
-    else:  # our layout: the caption's own table, the prefix has none
-        position = 0 if first else past - P
-    if position + T > config.max_len:
-        raise ValueError(f"{position + T} positions are more than max_len={config.max_len}")
-    L = P + T if first else T  # the positions this call runs
-    if first and config.gpt_prefix:
-        mask = mask_from("causal_mask", causal_mask, L, device=device)  # (L, L): GPT-2's, the prefix causal too
-    elif first:
-        mask = mask_from("prefix_lm_mask", prefix_lm_mask, P, T, device=device)  # (L, L): prefix seen whole
-    elif L > 1:
-        mask = mask_from("causal_mask", causal_mask, L, past + L, device=device)  # (T, S): all earlier positions
-    else:
-        mask = None  # one new token may look at every position before it: nothing to mask
-    if lengths is not None:
-        before = past if not first else P  # key positions ahead of this call's tokens
-        keys = (plugged("padding_mask") or padding_mask)(before + lengths, before + T).to(device)  # (B, 1, 1, S)
-        mask = keys if mask is None else mask & keys  # (B, 1, L, S)
-    return position, mask
-
-
-class CompileError(CaptionerError):
-    """torch.compile could not build the decoding step (compile_steps): said in one line."""
-
-
-def dict_tag_guards():
-    """While compiling a step, and before each compiled step runs, torch.compile checks its guards: that every
-    module, parameter and cache tensor is still what the compiled code assumed. With this setting the guards
-    skip a module's subtree whose attributes have not changed since (dict version tags): about 0.2 ms a step
-    instead of 0.34 on the project's 2-core CPU (bench/RESULTS.md). A torch without the setting checks them all."""
-    import torch._dynamo.config as dynamo  # only here: importing it costs a second, and only --compile needs it
-
-    if hasattr(dynamo, "use_recursive_dict_tags_for_guards"):
-        return dynamo.patch(use_recursive_dict_tags_for_guards=True)
-    return contextlib.nullcontext()
-
-
 class CaptionDecoder(nn.Module):
-    """(caption tokens, CLIP embedding, patch tokens) -> next-token logits."""
+    """(caption tokens, CLIP embedding, patch tokens) -> next-token logits.
+
+    The layout of a prefix language model: the prefix has no positions of its own and is seen whole; the
+    caption has its own position table and is read causally. ClipCap's layout (GPT-2 over [prefix ; caption],
+    causal throughout) is ClipCapDecoder in model/clipcap_layout.py, which changes only first_call and
+    caption_row.
+    """
+
+    gpt_prefix = False  # the layout this class runs: config.gpt_prefix must agree (model.caption_model.build_decoder)
 
     def __init__(self, config: DecoderConfig):
         super().__init__()
+        if config.gpt_prefix != self.gpt_prefix:
+            raise ValueError(f"{type(self).__name__} does not run gpt_prefix={config.gpt_prefix}: build the decoder "
+                             "with model.caption_model.build_decoder(config)")
         self.config = c = config
         self.token_embedding = nn.Embedding(c.vocab_size, c.width)
         self.positional_embedding = nn.Parameter(torch.randn(c.max_len, c.width) * 0.01)
         if c.prefix_len:  # ClipCap's prefix; a plain language model (GPT-2 with cross-attention) has none
             self.prefix = PrefixMapper(c)
-        if c.cross_attention:
-            self.patch_proj = patch_projection(c)
+        if c.cross_attention:  # the image's tokens into cross-attention: (B, N, patch_dim) -> (B, N, C)
+            self.patch_proj = {"linear_norm": lambda: nn.Sequential(nn.Linear(c.patch_dim, c.width), nn.LayerNorm(c.width)),
+                               "linear": lambda: nn.Linear(c.patch_dim, c.width),  # Hugging Face's enc_to_dec_proj
+                               "none": nn.Identity}[c.patch_proj]()  # ViT-GPT2: the encoder is as wide already
         self.blocks = nn.ModuleList(DecoderBlock(c) for _ in range(c.layers))
         self.ln_f = nn.LayerNorm(c.width)
         nn.init.normal_(self.token_embedding.weight, std=0.02)
-        self.compiled_step = None  # fixed_step through torch.compile, after compile_steps()
-
-    def new_cache(self, max_tokens=None, fixed=None):
-        """An empty KVCache with room for the prefix and max_tokens caption tokens (default: the most there can be).
-        fixed: a fixed-length cache (KVCache); by default, when compile_steps() was called."""
-        fixed = self.compiled_step is not None if fixed is None else fixed
-        return KVCache(self.config.layers, capacity=self.config.prefix_len + (max_tokens or self.config.max_caption),
-                       fixed=fixed, device=self.token_embedding.weight.device)
-
-    def compile_steps(self, **options):
-        """Run every cached one-token step through torch.compile (options: torch.compile's), with fixed-length
-        caches: the step's shapes never change, so it is compiled once per batch size and dtype, from a cold
-        compile cache too. The attention runs written out (attention() in model/attention.py), which Inductor
-        fuses into its own loops; at one query that is faster than the fused kernel, which Inductor's pattern
-        matcher would otherwise put back (measured in bench/decoding_profile.py)."""
-        for module in self.modules():
-            if isinstance(module, MultiHeadAttention):
-                module.fused = False
-        if options.get("backend", "inductor") == "inductor" and "mode" not in options:
-            options["options"] = {"pattern_matcher": False, **options.get("options", {})}
-        self.compiled_step = torch.compile(self.fixed_step, dynamic=False, fullgraph=True, **options)
-        return self
 
     def forward(self, tokens, clip_embed, patches=None, lengths=None, patch_mask=None, cache=None,
                 return_attn=False):
@@ -276,75 +157,61 @@ class CaptionDecoder(nn.Module):
         patch_mask: (B, N) True for the patches cross-attention may look at (all if None).
 
         With a `cache`, the first call processes prefix + tokens and later calls only the new tokens.
-        Returns DecoderOutput with logits (B, T, V).
+        Returns DecoderOutput with logits (B, T, V): position t predicts token t + 1.
         """
-        first = cache is None or cache.length == 0
+        T = tokens.size(1)
+        if cache is None or cache.length == 0:  # the first call: the prefix, the caption, and the image
+            x, mask = self.first_call(tokens, clip_embed)  # (B, L, C), (L, L)
+            memory = self.image_memory(patches, x.dtype)  # (B, N, C) or None
+        else:  # a cached step: only the new tokens; earlier positions and the image are in the cache
+            x, mask = self.cached_step(tokens, cache.length)  # (B, T, C), (T, S) or None
+            memory = None
+        if lengths is not None:  # right-padded rows: no key after a row's last real token
+            S = x.size(1) + (cache.length if cache is not None else 0)  # keys attended over
+            keys = (plugged("padding_mask") or padding_mask)(S - T + lengths, S).to(x.device)  # (B, 1, 1, S)
+            mask = keys if mask is None else mask & keys  # (B, 1, L, S)
         memory_mask = patch_mask[:, None, None, :] if patch_mask is not None else None  # (B, 1, 1, N)
-        if not first and cache.position is not None:  # a fixed-length cache: the same shapes every step
-            return self.step_with_fixed_cache(tokens, memory_mask, cache, return_attn)
-        if first and self.config.gpt_prefix:  # ClipCap: the prefix's last position stands for the start token
-            tokens, lengths = tokens[:, 1:], lengths - 1 if lengths is not None else None
-        position, mask = self_attention_layout(self.config, tokens.size(1), 0 if first else cache.length,
-                                               lengths, tokens.device)
-        x = self.embed(tokens, position, clip_embed if first else None)  # (B, L, C), or (B, T, C) on a cached step
-        memory = self.image_memory(patches, x.dtype) if first else None  # a cached step's keys are in the cache
         x, self_attn, cross_attn = self.run_blocks(x, memory, mask, memory_mask, cache, return_attn)
         if cache is not None:
             cache.advance(x.size(1))
-        logits = self.head(x[:, self.caption_start:] if first else x)  # (B, T, V)
+        logits = self.head(x[:, -T:])  # (B, T, V): the positions that predict the caption's next tokens
         return DecoderOutput(logits, self_attn, cross_attn) if return_attn else DecoderOutput(logits)
 
-    def step_with_fixed_cache(self, tokens, memory_mask, cache, return_attn=False):
-        """A cached step with a fixed-length cache (compiled after compile_steps()): one token per row."""
-        if tokens.size(1) != 1 or return_attn:
-            raise ValueError("a fixed-length cache takes one token per step, without return_attn")
-        self_attention_layout(self.config, 1, cache.length)  # refuses a position past max_len
-        if cache.length >= cache.capacity:
-            raise ValueError(f"the fixed-length cache is full: it holds {cache.capacity} positions")
-        tokens = tokens.clone(memory_format=torch.contiguous_format)  # a view's strides would change each step
-        if self.compiled_step is None:
-            logits = self.fixed_step(tokens, memory_mask, cache)
-        else:
-            logits = self.run_compiled_step(tokens, memory_mask, cache)
-        cache.advance(1)
-        return DecoderOutput(logits)
+    def first_call(self, tokens, clip_embed):
+        """[prefix ; caption] embedded, (B, P + T, C), and the prefix-LM mask (P + T, P + T): every position
+        sees the whole prefix, each caption position the caption up to itself."""
+        P, T = self.config.prefix_len, tokens.size(1)
+        x = self.embed(tokens, 0)  # (B, T, C): the caption's own position table, from row 0
+        if P:
+            x = torch.cat([self.prefix(clip_embed).to(x.dtype), x], dim=1)  # (B, L, C)
+        return x, (plugged("prefix_lm_mask") or prefix_lm_mask)(P, T, device=x.device)
 
-    def run_compiled_step(self, tokens, memory_mask, cache):
-        """The compiled fixed_step; a compiler that cannot build it (a CPU without a C++ compiler) is one line."""
-        try:
-            with dict_tag_guards():
-                return self.compiled_step(tokens, memory_mask, cache)
-        except RuntimeError as e:
-            from torch._dynamo.exc import BackendCompilerFailed
-            from torch._inductor.exc import InductorError
+    def cached_step(self, tokens, past):
+        """The T new tokens after `past` cached positions, embedded, (B, T, C), and their mask (T, S): each sees
+        every earlier position and the new ones up to itself (one token needs no mask)."""
+        T = tokens.size(1)
+        x = self.embed(tokens, self.caption_row(past))  # (B, T, C)
+        mask = (plugged("causal_mask") or causal_mask)(T, past + T, device=x.device) if T > 1 else None
+        return x, mask
 
-            if not isinstance(e, (BackendCompilerFailed, InductorError)):
-                raise
-            raise CompileError(f"torch.compile could not build the decoding step ({str(e).strip().splitlines()[0]}); "
-                               "caption without --compile, or install a C++ compiler (a CPU needs one)") from None
+    def caption_row(self, past):
+        """The position-table row of the token after `past` positions: the caption's table has no prefix rows."""
+        return past - self.config.prefix_len
 
-    def fixed_step(self, tokens, memory_mask, cache):
-        """forward's cached step, with shapes that never change: the new token (B, 1) goes to slot
-        cache.position (a tensor, not a Python int) and attends over all the cache's slots, the empty ones
-        masked -> logits (B, 1, V). memory_mask: (B, 1, 1, N) or None, as forward makes it from patch_mask.
-        Tested equal to the growing cache (tests/test_decoder.py)."""
-        row = cache.position - (0 if self.config.gpt_prefix else self.config.prefix_len)  # (1,) its position-table row
-        x = self.token_embedding(tokens) + self.positional_embedding[row]  # (B, 1, C)
-        mask = (torch.arange(cache.capacity, device=tokens.device) <= cache.position)[None]  # (1, S): filled + its own
-        x, _, _ = self.run_blocks(x, None, mask, memory_mask, cache, False)
-        return self.head(x)  # (B, 1, V)
+    @property
+    def max_caption(self):
+        """The longest caption, start token included, that the position table holds."""
+        return self.config.max_len
 
-    def embed(self, tokens, position, clip_embed=None):
-        """Token plus position embeddings from `position` on, after the prefix made from clip_embed (a first
-        call): (B, T) -> (B, P + T, C), or (B, T, C) without clip_embed."""
-        x = self.token_embedding(tokens) + self.positional_embedding[position : position + tokens.size(1)]  # (B, T, C)
-        P = self.config.prefix_len
-        if clip_embed is None or not P:
-            return x
-        prefix = self.prefix(clip_embed).to(x.dtype)  # (B, P, C)
-        if self.config.gpt_prefix:
-            prefix = prefix + self.positional_embedding[:P]  # the prefix takes the first positions
-        return torch.cat([prefix, x], dim=1)  # (B, L, C)
+    def new_cache(self, max_tokens=None):
+        """An empty KVCache with room for the prefix and max_tokens caption tokens (default: the most there can be)."""
+        return KVCache(self.config.layers, capacity=self.config.prefix_len + (max_tokens or self.max_caption))
+
+    def embed(self, tokens, row):
+        """Token plus position embeddings, the positions from table row `row` on: (B, T) -> (B, T, C)."""
+        if row + tokens.size(1) > self.config.max_len:
+            raise ValueError(f"{row + tokens.size(1)} positions are more than max_len={self.config.max_len}")
+        return self.token_embedding(tokens) + self.positional_embedding[row : row + tokens.size(1)]  # (B, T, C)
 
     def image_memory(self, patches, dtype):
         """What cross-attention reads: the patch tokens projected to the decoder's width, (B, N, C), or None."""
@@ -366,12 +233,6 @@ class CaptionDecoder(nn.Module):
             self_attn.append(self_w)
             cross_attn.append(cross_w)
         return x, self_attn, cross_attn
-
-    @property
-    def caption_start(self):
-        """Where a first call's caption predictions start: after the prefix, or (ClipCap) at its last position,
-        which predicts the first word."""
-        return self.config.prefix_len - 1 if self.config.gpt_prefix else self.config.prefix_len
 
     def head(self, x):
         """(B, T, C) -> (B, T, V) next-token logits; the output layer is the token embedding, tied."""

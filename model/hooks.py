@@ -24,19 +24,13 @@ from contextlib import contextmanager
 
 HOOKS = ("attention", "causal_mask", "padding_mask", "prefix_lm_mask", "split_heads", "merge_heads",
          "patch_embedding", "decoder_block", "top_k_filter", "top_p_filter", "best_beams")
+MADE_ON_A_DEVICE = ("causal_mask", "prefix_lm_mask")  # masks the model builds with device=...; plug() moves a student's there
 PLUGGED = {}  # hook -> the function standing in for the model's own while it is plugged in
 
 
 def plugged(name):
     """The function plugged in at hook `name`, or None (the model runs its own code)."""
     return PLUGGED.get(name)
-
-
-def mask_from(name, own, *args, device=None):
-    """A mask from the function plugged in at `name` (called as its stub is, then moved to `device`), or
-    else from the model's own `own(*args, device=device)`."""
-    theirs = PLUGGED.get(name)
-    return own(*args, device=device) if theirs is None else theirs(*args).to(device)
 
 
 @contextmanager
@@ -46,7 +40,8 @@ def plug(functions):
     if unknown:
         raise ValueError(f"no hook named {', '.join(unknown)}; the hooks are: {', '.join(HOOKS)}")
     before = dict(PLUGGED)
-    PLUGGED.update(functions)
+    for name, theirs in functions.items():  # the model asks its own masks for a device; the stubs take none
+        PLUGGED[name] = (lambda *args, device=None, f=theirs: f(*args).to(device)) if name in MADE_ON_A_DEVICE else theirs
     try:
         yield
     finally:

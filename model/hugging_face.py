@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from model.caption_model import CaptionModel, CaptionModelConfig
+from model.caption_model import CaptionModel, CaptionModelConfig, build_decoder
 from model.checkpoint import CheckpointError, load_safetensors, load_weights_only, meta_shapes, read_json, shape_difference
-from model.decoder import CaptionDecoder, DecoderConfig
+from model.decoder import DecoderConfig
 from model.vit import ViTConfig, VisionTransformer
 
 
@@ -137,7 +137,7 @@ def load_gpt2_decoder(folder):
     cross-attention layers for captioning are made by `with_fresh_cross_attention`."""
     where = Path(folder) / "config.json"
     config = gpt2_decoder_config(read_config(folder), where)
-    return load_into(lambda: CaptionDecoder(config), read_gpt2_weights(folder, config), Path(folder)).eval()
+    return load_into(lambda: build_decoder(config), read_gpt2_weights(folder, config), Path(folder)).eval()
 
 
 def read_gpt2_weights(folder, config, max_len=None):
@@ -162,7 +162,7 @@ def gpt2_captioning_decoder(folder, base: DecoderConfig):
                                  cross_attention=base.cross_attention, dropout=base.dropout,
                                  max_len=min(gpt.max_len, base.max_len + P), patch_proj="linear_norm")
     weights = read_gpt2_weights(folder, gpt, config.max_len)
-    fits(lambda: CaptionDecoder(config), weights, Path(folder), strict=False)
+    fits(lambda: build_decoder(config), weights, Path(folder), strict=False)
     return config, weights  # checked against each other before the caller builds the decoder
 
 

@@ -111,7 +111,7 @@ def sample(decoder, clip_embed, patches, bos_id, eos_id, max_new_tokens=None, te
     deadline: a time.monotonic() value; past it, the next step raises DecodingTimeout.
     """
     B, device, started = clip_embed.size(0), clip_embed.device, time.monotonic()
-    longest = decoder.config.max_caption - 1  # new tokens after the start token
+    longest = decoder.max_caption - 1  # new tokens after the start token
     max_new_tokens = min(max_new_tokens or longest, longest)
     tokens = torch.full((B, 1), bos_id, dtype=torch.long, device=device)  # (B, 1)
     done = torch.zeros(B, dtype=torch.bool, device=device)
@@ -151,7 +151,7 @@ def beam_search(decoder, clip_embed, patches, bos_id, eos_id, beam_size=3, max_n
     -> (tokens (B, T_new), scores (B,)). deadline: as in sample().
     """
     B, K, device, started = clip_embed.size(0), beam_size, clip_embed.device, time.monotonic()
-    longest = decoder.config.max_caption - 1  # new tokens after the start token
+    longest = decoder.max_caption - 1  # new tokens after the start token
     max_new_tokens = min(max_new_tokens or longest, longest)
     rows = torch.arange(B, device=device).repeat_interleave(K)  # (B*K,), the image of each beam
     clip_embed = clip_embed[rows]  # (B*K, E)

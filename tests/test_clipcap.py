@@ -142,7 +142,7 @@ def test_clipcap_captions_greedily_as_its_own_loop_does(checkpoint):
     assert len(set(got[0].tolist())) > 2  # a varied caption: the comparison means something
     # With no end token ever written, decoding runs to the end of GPT-2's 40 positions, the prefix's 4
     # included (max_caption), and asks for no position beyond the table.
-    longest = model.decoder.config.max_caption - 1
+    longest = model.decoder.max_caption - 1
     assert longest == 40 - P  # the start token takes no position
     assert model.generate(0, -1, images=images)[0].shape[1] == longest
     assert model.generate(0, -1, images=images, options=DecodingOptions(beam=2))[0].shape[1] == longest

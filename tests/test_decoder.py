@@ -6,7 +6,10 @@ from torch import nn
 from torch.testing import assert_close
 
 from model.attention import causal_mask
-from model.decoder import CaptionDecoder, DecoderBlock, DecoderConfig, self_attention_layout
+from model.caption_model import build_decoder
+from model.clipcap_layout import ClipCapDecoder
+from model.compiled import CompiledDecoder
+from model.decoder import CaptionDecoder, DecoderBlock, DecoderConfig
 from model.sampling import sample
 
 B, T, N, V = 3, 6, 9, 50
@@ -112,26 +115,39 @@ def test_incremental_decoding_with_cache_equals_full_recomputation(overrides):
     assert cache.length == config.prefix_len + T
 
 
-def test_self_attention_layout_of_both_layouts_by_hand():
-    """Where the T tokens of a call sit in the position table, and the mask they attend with, written out for
-    P = 3 prefix positions: our layout (the caption has its own table) and ClipCap's (one table for both)."""
+def test_the_masks_and_positions_of_both_layouts_by_hand():
+    """Where a call's tokens sit in the position table, and the mask they attend with, written out for P = 3
+    prefix positions: our layout (the caption has its own table) and ClipCap's (one table for both, causal)."""
     P, T = 3, 4
-    ours, clipcap = tiny_config(prefix_len=P), tiny_config(prefix_len=P, gpt_prefix=True)
-    position, mask = self_attention_layout(ours, T, past=0)  # a first call: prefix + T caption tokens
-    assert position == 0 and mask.tolist() == [[1, 1, 1, 0, 0, 0, 0]] * 3 + [
+    ours, clipcap = CaptionDecoder(tiny_config(prefix_len=P)), build_decoder(tiny_config(prefix_len=P, gpt_prefix=True))
+    assert type(clipcap) is ClipCapDecoder
+    tokens, clip_embed, _ = inputs(ours.config, batch=2, steps=T)
+    x, mask = ours.first_call(tokens, clip_embed)  # prefix + T caption tokens
+    assert x.shape == (2, P + T, 32) and mask.tolist() == [[1, 1, 1, 0, 0, 0, 0]] * 3 + [
         [1, 1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1, 1]]
-    position, mask = self_attention_layout(clipcap, T, past=0)  # GPT-2's: the prefix is causal too
-    assert position == P and mask.tolist() == [[1] * (i + 1) + [0] * (P + T - i - 1) for i in range(P + T)]
-    assert self_attention_layout(ours, 1, past=P + 5) == (5, None)  # one cached token sees everything before it
-    assert self_attention_layout(clipcap, 1, past=P + 5) == (P + 5, None)
-    position, mask = self_attention_layout(ours, 2, past=P + 5)  # two cached tokens: the second sees the first
-    assert position == 5 and mask.tolist() == [[1] * 9 + [0], [1] * 10]
-    _, unpadded = self_attention_layout(ours, T, past=0)
-    _, mask = self_attention_layout(ours, T, past=0, lengths=torch.tensor([4, 2]))  # right-padded rows
-    assert mask.shape == (2, 1, P + T, P + T) and torch.equal(mask[0, 0], unpadded)  # a full row: unchanged
-    assert torch.equal(mask[1, 0], unpadded & (torch.arange(P + T) < P + 2))  # no key after its 2 real tokens
+    x, mask = clipcap.first_call(tokens, clip_embed)  # GPT-2's: the prefix is causal too, and no start token
+    assert x.shape == (2, P + T - 1, 32) and mask.tolist() == [[1] * (i + 1) + [0] * (P + T - 2 - i) for i in range(P + T - 1)]
+    assert ours.caption_row(P + 5) == 5 and clipcap.caption_row(P + 5) == P + 5  # the next token's table row
+    assert ours.cached_step(tokens[:, :1], P + 5)[1] is None  # one cached token sees everything before it
+    _, mask = ours.cached_step(tokens[:, :2], P + 5)  # two cached tokens: the second sees the first
+    assert mask.tolist() == [[1] * 9 + [0], [1] * 10]
     with pytest.raises(ValueError, match="max_len"):
-        self_attention_layout(ours, 1, past=P + ours.max_len)
+        ours.cached_step(tokens[:, :1], P + ours.config.max_len)
+    with pytest.raises(ValueError, match="build_decoder"):  # a config and a class that disagree on the layout
+        CaptionDecoder(clipcap.config)
+
+
+@pytest.mark.parametrize("gpt_prefix", [False, True])
+def test_padded_keys_get_no_attention_in_both_layouts(gpt_prefix):
+    """Right-padded rows: no position attends to a key after its row's last real token, in either layout."""
+    decoder = build_decoder(tiny_config(gpt_prefix=gpt_prefix)).eval()
+    tokens, clip_embed, patches = inputs(decoder.config, batch=2)
+    lengths = torch.tensor([T, 2])
+    weights = decoder(tokens, clip_embed, patches, lengths=lengths, return_attn=True).self_attn[0]  # (B, H, L, L)
+    real_keys = weights.size(-1) - T + lengths  # the prefix's keys, then each row's real caption tokens
+    assert real_keys.tolist() == ([3 + T, 5] if not gpt_prefix else [2 + T, 4])
+    for row in range(2):
+        assert (weights[row, ..., real_keys[row]:] == 0).all() and (weights[row, ..., : real_keys[row]].sum(-1) > 0.99).all()
 
 
 def steps_with_cache(decoder, tokens, clip_embed, patches, cache, **kwargs):
@@ -147,16 +163,17 @@ def test_a_fixed_length_cache_gives_the_logits_of_full_recomputation(overrides):
     """A fixed-length cache (every step attends over all its slots, the empty ones masked): same logits as
     recomputing the whole sequence, in both layouts, with patches hidden by a patch mask."""
     config = tiny_config(**overrides)
-    decoder = CaptionDecoder(config).eval()
+    plain = build_decoder(config).eval()
+    decoder = CompiledDecoder(plain, compile=False)
     tokens, clip_embed, patches = inputs(config)
     keep = torch.rand(B, N) > 0.3
     keep[:, 0] = True
-    full = decoder(tokens, clip_embed, patches, patch_mask=keep).logits
-    cache = decoder.new_cache(fixed=True)
+    full = plain(tokens, clip_embed, patches, patch_mask=keep).logits
+    cache = decoder.new_cache()
     fixed = steps_with_cache(decoder, tokens, clip_embed, patches, cache, patch_mask=keep)
     assert_close(fixed, full[:, -fixed.size(1):])  # ClipCap's layout drops the start token's prediction
     assert cache.length == cache.position.item() and cache.layers[0][0].buffers[0].size(2) == cache.capacity
-    small = decoder.new_cache(max_tokens=2, fixed=True)  # room for the prefix and two caption tokens only
+    small = decoder.new_cache(max_tokens=2)  # room for the prefix and two caption tokens only
     decoder(tokens[:, :2], clip_embed, patches, cache=small)
     with pytest.raises(ValueError, match="the fixed-length cache is full: it holds"):
         for t in range(2, T):
@@ -169,9 +186,9 @@ def test_the_empty_slots_of_a_fixed_cache_are_masked():
     slot holds does change them (so the test can tell). Empty slots start as zeros: a matrix product with
     a masked, zero-weight slot still multiplies its value, and uninitialised memory may hold NaN."""
     config = tiny_config()
-    decoder = CaptionDecoder(config).eval()
+    decoder = CompiledDecoder(CaptionDecoder(config).eval(), compile=False)
     tokens, clip_embed, patches = inputs(config)
-    cache = decoder.new_cache(fixed=True)
+    cache = decoder.new_cache()
     steps_with_cache(decoder, tokens[:, :3], clip_embed, patches, cache)
     keys, values = cache.layers[0][0].buffers
     filled = cache.length
@@ -197,7 +214,7 @@ def test_the_empty_slots_of_a_fixed_cache_are_masked():
 
 
 def test_compiled_steps_are_built_once_per_batch_size_and_give_the_same_logits():
-    """compile_steps(): a whole caption's steps make one graph per batch size (static shapes: no recompiling
+    """CompiledDecoder: a whole caption's steps make one graph per batch size (static shapes: no recompiling
     as the cache fills, which is what failed on a growing cache), and the logits equal the eager decoder's.
     The graphs are run as traced (a backend that counts them); Inductor is exercised by generate.py --compile
     in tests/test_generate.py."""
@@ -209,9 +226,9 @@ def test_compiled_steps_are_built_once_per_batch_size_and_give_the_same_logits()
 
     config = tiny_config()
     eager = CaptionDecoder(config).eval()
-    compiled = CaptionDecoder(config).eval()
-    compiled.load_state_dict(eager.state_dict())
-    compiled.compile_steps(backend=counting_backend)
+    twin = CaptionDecoder(config).eval()
+    twin.load_state_dict(eager.state_dict())
+    compiled = CompiledDecoder(twin, backend=counting_backend)  # the same weights, its steps compiled
     for batch in (1, 3, 3, 5):
         tokens, clip_embed, patches = inputs(config, batch=batch, steps=config.max_len)
         with torch.no_grad():

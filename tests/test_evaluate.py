@@ -36,7 +36,7 @@ def test_scores_from_captions_files_and_from_a_model_agree(shapes_model, scored_
 
 
 def test_compile_scores_as_eager(shapes_model, scored_folder, monkeypatch):
-    """evaluate.py --model --compile: the decoder's steps go through compile_steps() and the scores are the
+    """evaluate.py --model --compile: the decoder's steps go through model/compiled.py and the scores are the
     eager ones. Traced by torch.compile and run as traced (its "eager" backend), so no C++ build here;
     tests/test_generate.py runs --compile with Inductor from a cold cache."""
     import torch

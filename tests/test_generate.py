@@ -17,6 +17,7 @@ from torch.testing import assert_close
 import generate
 from captioner import Captioner
 from data.shapes import make_split
+from model.compiled import compile_steps
 from model.rollout import attention_rollout
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -234,7 +235,7 @@ def test_compiled_steps_give_the_same_beams_and_samples(shapes_model, scenes):
     folder, _ = scenes
     images = [str(folder / f"{i:02d}.png") for i in range(10)]
     eager, compiled = Captioner.from_pretrained(shapes_model), Captioner.from_pretrained(shapes_model)
-    compiled.model.decoder.compile_steps(backend="eager")
+    compile_steps(compiled.model, backend="eager")
     for options in (dict(), dict(beam=3), dict(temperature=1.0, num=3, seed=1)):
         assert compiled.caption(images, batch_size=4, **options) == eager.caption(images, batch_size=4, **options)
 

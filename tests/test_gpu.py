@@ -76,8 +76,9 @@ def test_compiled_training_steps_equal_eager_ones_on_the_gpu():
 
 
 def test_compiled_decoding_steps_equal_eager_ones_on_the_gpu():
-    """compile_steps() on a GPU (Inductor's GPU kernels over a fixed-length cache): greedy and beam tokens
+    """CompiledDecoder on a GPU (Inductor's GPU kernels over a fixed-length cache): greedy and beam tokens
     equal the eager decoder's."""
+    from model.compiled import CompiledDecoder
     from model.decoder import CaptionDecoder, DecoderConfig
     from model.sampling import beam_search, sample
 
@@ -87,9 +88,9 @@ def test_compiled_decoding_steps_equal_eager_ones_on_the_gpu():
     eager = CaptionDecoder(config).cuda().eval()
     with torch.no_grad():
         eager.token_embedding.weight *= 20  # confident logits: no near-ties for rounding to flip
-    compiled = CaptionDecoder(config).cuda().eval()
-    compiled.load_state_dict(eager.state_dict())
-    compiled.compile_steps()
+    twin = CaptionDecoder(config).cuda().eval()
+    twin.load_state_dict(eager.state_dict())
+    compiled = CompiledDecoder(twin)  # the same weights, its steps compiled
     clip_embed, patches = torch.randn(4, 24, device="cuda"), torch.randn(4, 9, 20, device="cuda")
     assert torch.equal(sample(compiled, clip_embed, patches, 1, 2), sample(eager, clip_embed, patches, 1, 2))
     assert torch.equal(beam_search(compiled, clip_embed, patches, 1, 2)[0], beam_search(eager, clip_embed, patches, 1, 2)[0])

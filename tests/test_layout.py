@@ -103,3 +103,22 @@ def test_every_function_reads_on_one_screen():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60:
                 long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}: {node.end_lineno - node.lineno + 1} lines")
     assert not long, "\n".join(long)
+
+
+def test_the_decoder_reads_as_the_lesson():
+    """model/decoder.py stays short, and a reader who opens it to change the decoder meets at most 15 definitions:
+    its own and those it imports from the rest of model/. Another layout (ClipCap's) and the fast path (a compiled,
+    fixed-length step) are files of their own; the decoder's code does not branch on them."""
+    path = ROOT / "model" / "decoder.py"
+    tree = ast.parse(path.read_text())
+    assert len(path.read_text().splitlines()) <= 250
+    own = {node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
+    used = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
+    imported = {alias.asname or alias.name for node in tree.body if isinstance(node, ast.ImportFrom)
+                and node.module.startswith("model") for alias in node.names}
+    assert len(own | (imported & used)) <= 15, sorted(own | (imported & used))
+    decoder = next(node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "CaptionDecoder")
+    layout = [f"line {node.lineno}" for method in decoder.body if isinstance(method, ast.FunctionDef)
+              and method.name != "__init__" for node in ast.walk(method)
+              if isinstance(node, ast.Attribute) and node.attr in ("gpt_prefix", "compiled", "position")]
+    assert not layout, f"CaptionDecoder branches on a layout or a fast path at {', '.join(layout)}"

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
+from model.compiled import CompiledDecoder
 from model.decoder import CaptionDecoder, DecoderConfig, KVCache
 from model.sampling import (MIN_TEMPERATURE, PENALTY_RANGE, DecodingOptions, DecodingTimeout, beam_search, decode, next_token, sample,
                             top_k_filter, top_p_filter)
@@ -88,11 +89,8 @@ def test_cache_equals_recomputation_greedy_and_sampled(batch):
 
 
 def with_fixed_caches(decoder):
-    """The same decoder whose new_cache() makes fixed-length caches (as after compile_steps), not compiled."""
-    fixed = tiny_decoder()
-    fixed.load_state_dict(decoder.state_dict())
-    fixed.new_cache = lambda max_tokens=None: CaptionDecoder.new_cache(fixed, max_tokens, fixed=True)
-    return fixed
+    """The same decoder with fixed-length caches (model/compiled.py), its steps not compiled."""
+    return CompiledDecoder(decoder, compile=False)
 
 
 def test_a_fixed_length_cache_decodes_as_the_growing_one():

@@ -183,7 +183,7 @@ def start_run(config):
     autocast = autocast_dtype(device, config.amp)  # bfloat16, float16 (a GPU without bfloat16) or None
     preprocess = ({"kind": "squash", "image_size": config.vit.image_size, "mean": CLIP_MEAN, "std": CLIP_STD}
                   if frozen_vit is None else dict(frozen_vit.preprocess_cfg, kind="openclip"))
-    max_len = model.decoder.config.max_caption  # captions are cut to what the positions hold
+    max_len = model.decoder.max_caption  # captions are cut to what the positions hold
     train_pairs = make_pairs(splits["train"].rows, splits["train"].targets, tokenizer, max_len)
     run = Run(config, Path(config.out), rank, world, device, splits, source, Captioner(model, tokenizer, preprocess),
               wrapped(model, config, device, world), params,
