@@ -17,7 +17,6 @@ other image is still captioned, and the exit status is 1 at the end.
 
 import argparse
 import csv
-import dataclasses
 import glob
 import json
 import sys
@@ -100,7 +99,6 @@ def caption_images(args):
         sys.exit("error: no images found in " + " ".join(args.images))
 
     results, failed = [], 0
-    options = dataclasses.asdict(args.options)
     bar = tqdm(total=len(paths), desc="captioning", unit="img", disable=len(paths) <= args.batch_size)
     for start in range(0, len(paths), args.batch_size):
         loaded, errors = load_images(paths[start : start + args.batch_size])
@@ -115,7 +113,7 @@ def caption_images(args):
         try:
             captions = captioner.caption([picture for _, picture in loaded], region=args.region,
                                          region_mask=args.region_mask, attention=bool(args.attention),
-                                         batch_size=args.batch_size, **options)
+                                         batch_size=args.batch_size, options=args.options)
         except CaptionerError as e:  # a region or an image the user can fix: one line (model/errors.py)
             sys.exit(f"error: {e}")
         for (path, _), caption in zip(loaded, captions):

@@ -242,11 +242,12 @@ class Captioner:
         return [self.tokenizer.decode(row.tolist()).strip() for row in ids]  # GPT-2 pieces carry their leading space
 
     @torch.no_grad()
-    def caption(self, images, *, region=None, region_mask=None, attention=False, batch_size=32, max_time=None,
-                **options):
+    def caption(self, images, *, options=None, region=None, region_mask=None, attention=False, batch_size=32,
+                max_time=None, **fields):
         """Caption PIL images or image files (one, or a list).
 
-        options: the fields of model.sampling.DecodingOptions (beam, temperature, top_k, top_p, num, ...).
+        options: a model.sampling.DecodingOptions, or its fields as keywords (beam, temperature, top_k, top_p,
+        num, ...): the commands and the server build the object once and pass it on; both at once is an error.
         region: (x0, y0, x1, y1) or "x0,y0,x1,y1" in each image's pixels, or region_mask: an image (or
         its path), white inside the region: caption only what the region holds.
         attention: return a Caption (texts, words, per-word attention, rollout) instead of strings.
@@ -257,7 +258,9 @@ class Captioner:
         """
         single = not isinstance(images, (list, tuple))
         items = [images] if single else list(images)
-        options = DecodingOptions(**options)
+        if options is not None and fields:
+            raise TypeError(f"pass options=DecodingOptions(...) or its fields as keywords ({', '.join(fields)}), not both")
+        options = DecodingOptions(**fields) if options is None else options
         if isinstance(region, str):
             region = parse_box(region)
         mask = None

@@ -95,8 +95,8 @@ class CaptionService:
             region = (x0 * image.width / W, y0 * image.height / H, x1 * image.width / W, y1 * image.height / H)
         with self.lanes.turn(options):
             started = time.perf_counter()
-            result = self.captioner.caption(image, region=region, attention=True, max_time=self.limits.seconds,
-                                            **dataclasses.asdict(options))
+            result = self.captioner.caption(image, options=options, region=region, attention=True,
+                                            max_time=self.limits.seconds)
         S, sx, sy, ox, oy = view_geometry(self.captioner.preprocess, W, H)
         grid = self.captioner.model.encoder.config.grid
         return {

@@ -65,6 +65,24 @@ def test_sampling_several_captions_and_beam(shapes_model, scenes):
     assert beam[0]["captions"][0].split()[:3] == greedy[0]["captions"][0].split()[:3]
 
 
+def test_decoding_options_are_built_once_and_reach_the_sampler_as_one_object(shapes_model, scenes, monkeypatch):
+    """generate.py builds one DecodingOptions from its flags and hands that object through the Python API to the
+    model's decode(); nothing turns it into a dict and back. The API refuses an object and keywords at once."""
+    import model.caption_model
+    from model.sampling import DecodingOptions, decode
+
+    folder, _ = scenes
+    built, decoded = [], []
+    real_init = DecodingOptions.__post_init__
+    monkeypatch.setattr(DecodingOptions, "__post_init__", lambda self: (built.append(self), real_init(self))[1])
+    monkeypatch.setattr(model.caption_model, "decode", lambda *args, **kw: (decoded.append(args[5]), decode(*args, **kw))[1])
+    generate.main([str(shapes_model), str(folder / "00.png"), str(folder / "01.png"), "--beam", "2", "--batch-size", "1"])
+    assert len(built) == 1 and built[0].beam == 2
+    assert len(decoded) == 2 and all(options is built[0] for options in decoded)  # one object, every batch
+    with pytest.raises(TypeError, match="not both"):
+        Captioner.from_pretrained(shapes_model).caption(str(folder / "00.png"), options=built[0], beam=3)
+
+
 def test_repetition_controls_reach_generate_and_stop_the_one_pixel_stutter(shapes_model, tmp_path):
     from PIL import Image
 

@@ -53,6 +53,19 @@ def post(client, data, name="scene.png", **fields):
     return client.post("/api/caption", files={"image": (name, data, "image/png")}, data=fields)
 
 
+def test_a_request_builds_its_decoding_options_once(client, scenes, monkeypatch):
+    """The page's form becomes one DecodingOptions, which reaches the model's decode() as that object."""
+    import model.caption_model
+    from model.sampling import decode
+
+    built, decoded = [], []
+    real_init = DecodingOptions.__post_init__
+    monkeypatch.setattr(DecodingOptions, "__post_init__", lambda self: (built.append(self), real_init(self))[1])
+    monkeypatch.setattr(model.caption_model, "decode", lambda *args, **kw: (decoded.append(args[5]), decode(*args, **kw))[1])
+    assert post(client, scene_png(scenes[0]), beam="2").status_code == 200
+    assert len(built) == 1 and built[0].beam == 2 and decoded == [built[0]] and decoded[0] is built[0]
+
+
 def test_model_info_lists_every_decoding_option(client, captioner):
     info = client.get("/api/model").json()
     assert [o["name"] for o in info["options"]] == [f.name for f in dataclasses.fields(DecodingOptions)]
