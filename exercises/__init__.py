@@ -77,13 +77,20 @@ def summary(report):
 
 def student_code(names, folder=WORKSPACE):
     """The student's functions for plug_in: names is "attention,block" (or "all", every exercise that has a
-    place in the model). Each must pass its check first; otherwise SystemExit with one line saying which."""
+    place in the model). Each must pass its check first; otherwise SystemExit with one line saying which. A file
+    that passed unchanged against the same checker is not checked again (exercises/checked.py)."""
     wanted = list(PLUGS) if names.strip() == "all" else [n.strip() for n in names.split(",") if n.strip()]
     for name in wanted:
         if name not in PLUGS:
             raise SystemExit(f"error: --student-code {name}: that exercise has no place in the model; these "
                              f"do: {', '.join(PLUGS)} (or all)")
-    for name, report in check_all_isolated(wanted, folder).items():
+    from exercises.checked import RECORD, check_changed
+
+    skipped, reports = check_changed(wanted, folder)
+    if skipped:
+        they = "it passed its" if len(skipped) == 1 else "they passed their"
+        print(f"{', '.join(skipped)}: unchanged since {they} check, not checked again ({Path(folder) / RECORD})")
+    for name, report in reports.items():
         if not report.ok:
             raise SystemExit(f"error: {Path(folder) / exercise(name).file} does not pass its check yet; run `python -m exercises check {name}"
                              f"{'' if str(folder) == WORKSPACE else ' --dir ' + str(folder)}` and fix it first")
