@@ -13,7 +13,7 @@ loss_curve.png and metric_curves.png; with --tensorboard, OUT/tensorboard/ for a
 Several processes: `torchrun --nproc_per_node N train.py ...` (DistributedDataParallel; each process
 takes its share of every batch, process 0 alone validates, logs and writes files).
 
-This file is the command: its flags (one per field of TrainConfig, captioner/train_config.py) and
+This file is the command: its flags (one per field of TrainConfig, training/config.py) and
 main(). The run itself is training.train (training/): set it up (training/setup.py), the loop
 (training/loop.py), the final report (training/evaluation.py).
 """
@@ -23,16 +23,16 @@ import os
 from pathlib import Path
 
 from captioner.flags import add_dataclass_flags, shown
-from captioner.train_config import DERIVED, PRESETS, TrainConfig, config_with
 from model.checkpoint import read_json
 from model.decoder import DecoderConfig
 from model.errors import CaptionerError
 from model.vit import ViTConfig
 from training import train
+from training.config import DERIVED, PRESETS, TrainConfig, config_with
 from training.evaluation import BEST_METRICS
 
 # ----------------------------------------------------------------------------------------------
-# Configuration: TrainConfig (captioner/train_config.py) and its presets; one flag per field.
+# Configuration: TrainConfig (training/config.py) and its presets; one flag per field.
 
 
 FLAG_GROUPS = [("training", "run", TrainConfig), ("the scratch ViT (--encoder scratch)", "vit", ViTConfig),

@@ -50,7 +50,7 @@ def test_every_flag_is_explained(command):
 
 
 def test_train_help_comes_from_the_config_comments_with_preset_values():
-    from captioner.train_config import PRESETS, TrainConfig
+    from training.config import PRESETS, TrainConfig
 
     text = help_text(["train.py"])
     tiny, flickr, gpt2 = TrainConfig().batch_size, PRESETS["flickr30k"]["batch_size"], PRESETS["flickr30k-gpt2"]["batch_size"]
