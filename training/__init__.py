@@ -1,6 +1,6 @@
 """What `python train.py` runs, in three rooms: setting the run up (training/setup.py, with its data in
 training/data.py), the loop (training/loop.py), and scoring it (training/evaluation.py). What a run writes
-besides its model folder (checkpoint state, metrics.jsonl, curves, TensorBoard) is in captioner/run_files.py;
+besides its model folder (checkpoint state, metrics.jsonl, curves, TensorBoard) is in training/run_files.py;
 its settings, TrainConfig and the presets, are in training/config.py."""
 
 from training.evaluation import final_report

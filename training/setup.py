@@ -12,7 +12,6 @@ import torch
 
 from captioner.api import Captioner, hub_download
 from captioner.cli import pick_device
-from captioner.run_files import tensorboard_writer
 from data.batches import make_pairs
 from data.gpt2_bpe import GPT2Tokenizer
 from data.images import CLIP_MEAN, CLIP_STD
@@ -30,6 +29,7 @@ from model.hugging_face import gpt2_captioning_decoder, load_gpt2_weights
 from model.training import autocast_dtype
 from training.config import TrainConfig
 from training.data import load_data
+from training.run_files import tensorboard_writer
 
 
 @dataclass
