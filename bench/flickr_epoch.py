@@ -45,8 +45,8 @@ from data.sources import (
 from data.tokenizer import build_tokenizer
 from model.caption_model import build_caption_model
 from model.clip import load_clip_vit
-from model.training import autocast_dtype, evaluate_loss, train_step
 from training.config import config_with
+from training.step import autocast_dtype, evaluate_loss, train_step
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -26,10 +26,10 @@ from model.checkpoint import (
 )
 from model.config import to_dict
 from model.hugging_face import gpt2_captioning_decoder, load_gpt2_weights
-from model.training import autocast_dtype
 from training.config import TrainConfig
 from training.data import load_data
 from training.run_files import tensorboard_writer
+from training.step import autocast_dtype
 
 
 @dataclass
