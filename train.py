@@ -13,36 +13,65 @@ loss_curve.png and metric_curves.png; with --tensorboard, OUT/tensorboard/ for a
 Several processes: `torchrun --nproc_per_node N train.py ...` (DistributedDataParallel; each process
 takes its share of every batch, process 0 alone validates, logs and writes files).
 
-This file is the command: its flags (one per field of TrainConfig, captioner/train_config.py) and
+This file is the command: its flags (one per field of TrainConfig, training/config.py) and
 main(). The run itself is training.train (training/): set it up (training/setup.py), the loop
 (training/loop.py), the final report (training/evaluation.py).
 """
 
 import argparse
+import dataclasses
 import os
 from pathlib import Path
 
-from captioner.flags import add_dataclass_flags, shown
-from captioner.train_config import DERIVED, PRESETS, TrainConfig, config_with
+from captioner.flags import add_dataclass_flags, field_comments, field_sections, shown
 from model.checkpoint import read_json
-from model.decoder import DecoderConfig
 from model.errors import CaptionerError
-from model.vit import ViTConfig
 from training import train
+from training.config import DERIVED, PRESETS, TrainConfig, config_with
 from training.evaluation import BEST_METRICS
 
 # ----------------------------------------------------------------------------------------------
-# Configuration: TrainConfig (captioner/train_config.py) and its presets; one flag per field.
+# Configuration: TrainConfig (training/config.py) and its presets; one flag per field, grouped by purpose.
 
 
-FLAG_GROUPS = [("training", "run", TrainConfig), ("the scratch ViT (--encoder scratch)", "vit", ViTConfig),
-               ("the decoder", "decoder", DecoderConfig)]  # (title, part of TrainConfig, its class)
+NESTED = {f.name: f.type for f in dataclasses.fields(TrainConfig) if dataclasses.is_dataclass(f.type)}  # vit, decoder
+
+
+def flag_groups():
+    """--help's groups, in order: (title, part of TrainConfig, its class, fields without a flag there).
+
+    TrainConfig's own fields (part None) are grouped by the sections of its source (data, model, optimisation,
+    validation, run, logging); a nested config's fields (part "vit" or "decoder": --vit-*, --decoder-*) follow
+    their section's, titled "SECTION: the comment on its field" (e.g. "model: the decoder")."""
+    sections, comments = field_sections(TrainConfig), field_comments(TrainConfig)
+    groups = []
+    for section in dict.fromkeys(sections.values()):  # each once, in the source's order
+        here = [name for name in sections if sections[name] == section]
+        groups.append((section, None, TrainConfig, set(sections) - set(here)))
+        groups += [(f"{section}: {comments[name]}", name, NESTED[name], DERIVED[name])
+                   for name in here if name in NESTED]
+    return groups
 
 
 def preset_values(preset, part):
-    """A preset's values for one part of TrainConfig: "vit", "decoder", or "run" for its own fields."""
+    """A preset's values for one part of TrainConfig: "vit", "decoder", or None for its own fields."""
     values = PRESETS[preset]
-    return values.get(part, {}) if part != "run" else {k: v for k, v in values.items() if k not in DERIVED["run"]}
+    return values.get(part, {}) if part else {k: v for k, v in values.items() if k not in NESTED}
+
+
+def add_flags(parser):
+    """One flag per field of TrainConfig and of its nested configs, in flag_groups(); each flag's help shows
+    the other presets' values beside the default. Returns {argparse dest: (part, field name)}."""
+    fields, others = {}, [p for p in PRESETS if p != "tiny"]  # tiny's values are the defaults
+    for title, part, cls, skip in flag_groups():
+        notes = {}
+        for p in others:
+            for name, value in preset_values(p, part).items():
+                notes[name] = notes.get(name, "") + f"; {p}: {shown(value)}"
+        prefix = part + "-" if part else ""  # --lr, --vit-width, --decoder-layers
+        added = add_dataclass_flags(parser, cls, prefix, skip, preset_values("tiny", part), notes, title)
+        fields.update({dest: (part, name) for dest, name in added.items()})
+    return fields
 
 
 def parse_args(argv=None):
@@ -51,21 +80,12 @@ def parse_args(argv=None):
                         help="starting values, which any other flag changes (default: tiny)")
     parser.add_argument("--config", metavar="FILE", help="start from a run's settings instead of a preset: the "
                         "train_config.json every run writes in its --out folder; other flags change them")
-    fields = {}  # argparse dest -> (part, field name)
-    for title, part, cls in FLAG_GROUPS:
-        others = [p for p in PRESETS if p != "tiny"]
-        notes = {}
-        for p in others:
-            for name, value in preset_values(p, part).items():
-                notes[name] = notes.get(name, "") + f"; {p}: {shown(value)}"
-        prefix = "" if part == "run" else part + "-"  # --lr, --vit-width, --decoder-layers
-        added = add_dataclass_flags(parser, cls, prefix, DERIVED.get(part, ()), preset_values("tiny", part), notes, title)
-        fields.update({dest: (part, name) for dest, name in added.items()})
+    fields = add_flags(parser)
     args = parser.parse_args(argv)
-    given = {"vit": {}, "decoder": {}}
+    given = {part: {} for part in NESTED}
     for dest, (part, name) in fields.items():
         if getattr(args, dest) is not None:
-            (given if part == "run" else given[part])[name] = getattr(args, dest)
+            (given[part] if part else given)[name] = getattr(args, dest)
     if Path(given.get("data", "")).stem == "metadata" and not given.get("images"):  # imagefolder: beside the images
         given["images"] = str(Path(given["data"]).parent)
     try:

@@ -32,7 +32,6 @@ from tqdm import tqdm
 
 from captioner.api import Captioner
 from captioner.cli import pick_device
-from captioner.train_config import config_with
 from data.batches import epoch_batches, make_pairs
 from data.captions import read_captions
 from data.features import DONE, FeatureCache, create_feature_cache
@@ -46,7 +45,8 @@ from data.sources import (
 from data.tokenizer import build_tokenizer
 from model.caption_model import build_caption_model
 from model.clip import load_clip_vit
-from model.training import autocast_dtype, evaluate_loss, train_step
+from training.config import config_with
+from training.step import autocast_dtype, evaluate_loss, train_step
 
 ROOT = Path(__file__).resolve().parents[1]
 

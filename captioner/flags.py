@@ -1,5 +1,6 @@
 """Command-line flags built from config dataclasses: one flag per field, and its help is the field's own
-trailing comment in the source, so the code and `--help` can never disagree."""
+trailing comment in the source, so the code and `--help` can never disagree; a comment on a line of its
+own above fields can name their group (field_sections)."""
 
 import argparse
 import ast
@@ -10,13 +11,30 @@ import textwrap
 import tokenize
 
 
+def fields_and_comments(cls):
+    """(the field definitions of a dataclass, {line number: (its comment, whether the line holds nothing else)})."""
+    source = textwrap.dedent(inspect.getsource(cls))
+    comments = {tok.start[0]: (tok.string.lstrip("#").strip(), tok.line.lstrip().startswith("#"))
+                for tok in tokenize.generate_tokens(io.StringIO(source).readline) if tok.type == tokenize.COMMENT}
+    return [node for node in ast.parse(source).body[0].body if isinstance(node, ast.AnnAssign)], comments
+
+
 def field_comments(cls):
     """{field name: the comment at the end of its line} of a dataclass, read from its source."""
-    source = textwrap.dedent(inspect.getsource(cls))
-    comments = {tok.start[0]: tok.string.lstrip("#").strip()
-                for tok in tokenize.generate_tokens(io.StringIO(source).readline) if tok.type == tokenize.COMMENT}
-    body = ast.parse(source).body[0].body
-    return {node.target.id: comments.get(node.lineno, "") for node in body if isinstance(node, ast.AnnAssign)}
+    nodes, comments = fields_and_comments(cls)
+    return {node.target.id: comments.get(node.lineno, ("", False))[0] for node in nodes}
+
+
+def field_sections(cls):
+    """{field name: its section} of a dataclass: the nearest comment above it on a line of its own ("# data"
+    above `data: str = ...`), read from its source; "" for a field with none."""
+    nodes, comments = fields_and_comments(cls)
+    titles = {line: text for line, (text, alone) in comments.items() if alone}
+    sections = {}
+    for node in nodes:
+        above = [line for line in titles if line < node.lineno]
+        sections[node.target.id] = titles[max(above)] if above else ""
+    return sections
 
 
 def shown(value):

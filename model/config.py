@@ -1,6 +1,6 @@
 """Configurations in and out of plain dicts (JSON, checkpoints): one way in, `from_dict`, and one way out,
 `to_dict`, for every config dataclass of the project (ViTConfig, DecoderConfig, CaptionModelConfig and
-captioner's TrainConfig), nested ones included.
+TrainConfig, training/config.py), nested ones included.
 
 A config class may name, in ADDED_LATER, the fields that files written before them lack: those take their
 defaults, which is how such files behaved. ALL_FIELDS_OPTIONAL = True lets every field take its default

@@ -456,7 +456,7 @@ attention_figure(yours)"""),
 # tests/test_notebooks.py: every other number in the text must appear in a cell or its output).
 QUOTED = {  # numbers the text states that no cell computes: notebook -> {number: (file, words it says them in)}
     "05_training.ipynb": {
-        "20000": ("captioner/train_config.py", "shapes_train: int = 20000"),
+        "20000": ("training/config.py", "shapes_train: int = 20000"),
         "99": ("tests/test_train.py", 'assert final["test_exact"] >= 0.99'),
     },
     "06_decoding_and_attention.ipynb": {

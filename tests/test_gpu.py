@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from model.attention import MultiHeadAttention, causal_mask
-from model.training import autocast_dtype, train_step
 from tests.test_train import TINY, two_equal_tiny_models_and_a_batch
+from training.step import autocast_dtype, train_step
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -179,7 +179,7 @@ def two_equal_tiny_models_and_a_batch(B=16, T=10):
 def test_gradient_accumulation_takes_the_step_of_one_big_batch():
     """Four micro-batches, one after another, give the weights one batch of all their rows gives, even
     though the rows' captions differ in length (so a mean of the micro-batches' means would not)."""
-    from model.training import micro_batches, train_step
+    from training.step import micro_batches, train_step
 
     models, batch = two_equal_tiny_models_and_a_batch()
     losses = []
@@ -201,7 +201,7 @@ def test_the_float16_gradient_scaler_takes_the_same_step_and_skips_an_overflowin
     """What a GPU without bfloat16 (a Colab T4) trains with, run here in float32 on the CPU: scaling the loss
     by 2^16 and the gradients back changes no weight; a scale that overflows the gradients to inf skips the
     step (no weight changes, so no NaN reaches them) and halves the scale."""
-    from model.training import train_step
+    from training.step import train_step
 
     models, batch = two_equal_tiny_models_and_a_batch()
     start = {name: p.detach().clone() for name, p in models[0].named_parameters()}
@@ -249,7 +249,7 @@ def test_the_best_model_follows_the_best_validation(tmp_path):
 
 def test_mixed_precision_is_bfloat16_where_the_gpu_has_it_and_float16_where_not(monkeypatch):
     """The choice alone (faked GPUs); tests/test_gpu.py trains with each where a GPU exists."""
-    from model.training import autocast_dtype
+    from training.step import autocast_dtype
 
     for has_bf16, expected in [(True, torch.bfloat16), (False, torch.float16)]:  # an A100; a Colab T4
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: has_bf16)

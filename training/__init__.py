@@ -1,7 +1,8 @@
 """What `python train.py` runs, in three rooms: setting the run up (training/setup.py, with its data in
-training/data.py), the loop (training/loop.py), and scoring it (training/evaluation.py). What a run writes
-besides its model folder (checkpoint state, metrics.jsonl, curves, TensorBoard) is in captioner/run_files.py;
-its settings, TrainConfig, are in captioner/train_config.py."""
+training/data.py), the loop (training/loop.py, each optimisation step in training/step.py), and scoring it
+(training/evaluation.py). What a run writes besides its model folder (checkpoint state, metrics.jsonl,
+curves, TensorBoard) is in training/run_files.py; its settings, TrainConfig and the presets, are in
+training/config.py."""
 
 from training.evaluation import final_report
 from training.loop import training_loop

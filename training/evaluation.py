@@ -6,10 +6,10 @@ import time
 
 import numpy as np
 
-from captioner.run_files import write_loss_curve, write_metric_curves
 from data.sources import batches_by_length
 from metrics import ptb_tokenize, score_captions
-from model.training import evaluate_loss
+from training.run_files import write_loss_curve, write_metric_curves
+from training.step import evaluate_loss
 
 
 def caption_scores(captions, references):

@@ -10,12 +10,12 @@ from tqdm import tqdm
 
 from captioner.api import evaluating
 from captioner.pictures import attention_figure
-from captioner.run_files import checkpoint_state
 from data.batches import epoch_batches
 from data.sources import get_batch
 from model.checkpoint import save_checkpoint
-from model.training import train_step
 from training.evaluation import BEST_METRICS, is_better, validate
+from training.run_files import checkpoint_state
+from training.step import train_step
 
 
 def training_loop(run):

@@ -12,8 +12,6 @@ import torch
 
 from captioner.api import Captioner, hub_download
 from captioner.cli import pick_device
-from captioner.run_files import tensorboard_writer
-from captioner.train_config import TrainConfig
 from data.batches import make_pairs
 from data.gpt2_bpe import GPT2Tokenizer
 from data.images import CLIP_MEAN, CLIP_STD
@@ -28,8 +26,10 @@ from model.checkpoint import (
 )
 from model.config import to_dict
 from model.hugging_face import gpt2_captioning_decoder, load_gpt2_weights
-from model.training import autocast_dtype
+from training.config import TrainConfig
 from training.data import load_data
+from training.run_files import tensorboard_writer
+from training.step import autocast_dtype
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 A batch is (inputs, tokens, targets, lengths): inputs is what the model reads of the images
 (images=... or features=...), tokens and targets are (B, T) with targets -100 past each caption's end,
-lengths (B,) the real caption lengths (data/sources.py makes them).
+lengths (B,) the real caption lengths (data/sources.py makes them). Shape letters as in model/__init__.py.
 """
 
 import torch

@@ -1,7 +1,8 @@
 """Training settings: one dataclass (the component configs nested in it) and named presets.
 
-train.py builds its flags from these fields, so every setting is a flag and `--help` shows each field's
-comment; the benchmarks build the same configuration to measure what train.py runs.
+train.py builds its flags from these fields, so every setting is a flag, `--help` shows each field's
+comment and groups the flags by the sections below (data, model, optimisation, validation, run, logging);
+the benchmarks build the same configuration to measure what train.py runs.
 """
 
 import dataclasses
@@ -14,6 +15,8 @@ from model.vit import ViTConfig
 
 @dataclass
 class TrainConfig:
+    # A comment on a line of its own starts a section, which is a group of `python train.py --help`; a nested
+    # config's flags (--vit-*, --decoder-*) make a group of their own, "SECTION: the comment on its field".
     # data
     data: str = "shapes"  # "shapes" (built in, generated from the seed) or a caption file
     images: str = ""  # images folder, for a caption file
@@ -22,19 +25,20 @@ class TrainConfig:
     shapes_val: int = 500  # built-in dataset: validation images
     shapes_test: int = 1000  # built-in dataset: test images, captioned at the end
     train_on_all_references: bool = False  # built-in dataset: also teach the second word order (slower to learn)
-    # encoder
+    # model
     encoder: str = "scratch"  # "scratch": the ViT below, trained with the decoder; "clip": frozen OpenCLIP, cached features
     clip_model: str = "ViT-B-32"  # OpenCLIP architecture, for --encoder clip
     clip_pretrained: str = "openai"  # OpenCLIP tag (downloads), a local checkpoint file, or "none" for random weights
     feature_cache: str = "cache"  # folder of cached CLIP features
-    vit: ViTConfig = field(default_factory=ViTConfig)  # the scratch ViT: --vit-* flags
-    # tokenizer
+    vit: ViTConfig = field(default_factory=ViTConfig)  # the scratch ViT (--encoder scratch)
     tokenizer: str = "word"  # "word" (vocabulary of the training captions) or "bpe" (OpenCLIP's, 49,408 ids)
     gpt2: str = ""  # a GPT-2 or DistilGPT2 folder (Hugging Face layout): the decoder and tokenizer start from it
     download: bool = False  # --gpt2 is a name on the Hugging Face hub (e.g. distilgpt2): download it (needs internet)
     min_count: int = 1  # word tokenizer: rarer words become <unk>
-    # decoder
-    decoder: DecoderConfig = field(default_factory=DecoderConfig)  # --decoder-* flags
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)  # the decoder
+    # model: your own code (exercises/README.md)
+    student_code: str = ""  # exercises whose code you wrote to train with, e.g. "attention,block" or "all"
+    student_dir: str = "my_exercises"  # the folder with your exercise files (python -m exercises)
     # optimisation
     train_only: str = "all"  # "all", "cross_attention" (cross-attention layers only) or "prefix" (prefix mapper only)
     epochs: int = 2  # passes over the training captions
@@ -46,23 +50,22 @@ class TrainConfig:
     grad_clip: float = 1.0  # gradients are clipped to this global norm
     grad_accum: int = 1  # run each batch as this many micro-batches, one after another: the same step, less memory
     label_smoothing: float = 0.0  # share of the target probability spread over the vocabulary
-    compile: bool = False  # torch.compile the training step's model: faster steps on a GPU after a slow first one
-    amp: bool = True  # mixed precision on CUDA: bfloat16 where the GPU has it, else float16 with a gradient scaler
-    seed: int = 0  # seeds the model, the data order and the built-in dataset
-    device: str = "auto"  # "auto" (CUDA, else a Mac's MPS, else the CPU), "cpu", "cuda", "cuda:1", "mps", ...
-    # evaluation and checkpoints
+    # validation
     val_images: int = 500  # validation images captioned (and scored) after each epoch
-    out: str = "runs/shapes"  # checkpoint.pt, model/, metrics.jsonl and loss_curve.png go here
-    checkpoint_every: int = 200  # steps between checkpoints; one is also written at the end of every epoch
     best_metric: str = "CIDEr-D"  # validation score that picks the best model, kept in OUT/best/: CIDEr-D, BLEU-4, exact or loss
     patience: int = 0  # stop early after this many validations in a row without a better best_metric; 0 = never
+    # run
+    out: str = "runs/shapes"  # checkpoint.pt, model/, metrics.jsonl and loss_curve.png go here
     resume: bool = False  # continue from OUT/checkpoint.pt with the settings it was started with
     stop_after: int = 0  # stop (with a checkpoint) after this many steps; 0 = run to the end
+    checkpoint_every: int = 200  # steps between checkpoints; one is also written at the end of every epoch
+    seed: int = 0  # seeds the model, the data order and the built-in dataset
+    device: str = "auto"  # "auto" (CUDA, else a Mac's MPS, else the CPU), "cpu", "cuda", "cuda:1", "mps", ...
+    amp: bool = True  # mixed precision on CUDA: bfloat16 where the GPU has it, else float16 with a gradient scaler
+    compile: bool = False  # torch.compile the training step's model: faster steps on a GPU after a slow first one
+    # logging
     progress_every: float = 0.1  # seconds between redraws of the progress bar; 10 keeps a notebook's or a log's output short
     tensorboard: bool = False  # also log to OUT/tensorboard (pip install tensorboard): losses, learning rate, validation scores, sample captions and attention
-    # your own code (exercises/README.md)
-    student_code: str = ""  # exercises whose code you wrote to train with, e.g. "attention,block" or "all"
-    student_dir: str = "my_exercises"  # the folder with your exercise files (python -m exercises)
 
     ALL_FIELDS_OPTIONAL = True  # a checkpoint from before a setting existed takes its default: how such runs behaved
 
@@ -88,9 +91,8 @@ PRESETS = {
     ),
 }
 
-# Fields that get no flag of their own, by part of TrainConfig: the component configs' fields that training
-# derives, and in "run" (TrainConfig's own fields) the nested configs, which have flags of their own.
-DERIVED = {"run": {"vit", "decoder"}, "vit": {"output_dim"}, "decoder": {"vocab_size", "clip_dim", "patch_dim"}}
+# Fields of the nested configs that get no flag: training derives them (from the tokenizer, the encoder).
+DERIVED = {"vit": {"output_dim"}, "decoder": {"vocab_size", "clip_dim", "patch_dim"}}
 
 
 def config_with(preset="tiny", start=None, **overrides):
