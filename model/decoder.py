@@ -134,7 +134,7 @@ class CaptionDecoder(nn.Module):
 
     def __init__(self, config: DecoderConfig):
         super().__init__()
-        if config.gpt_prefix != self.gpt_prefix:
+        if bool(config.gpt_prefix) != self.gpt_prefix:
             raise ValueError(f"{type(self).__name__} does not run gpt_prefix={config.gpt_prefix}: build the decoder "
                              "with model.caption_model.build_decoder(config)")
         self.config = c = config

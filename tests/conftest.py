@@ -9,6 +9,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
+def pytest_configure(config):
+    """Under pytest-xdist (pytest.ini runs the suite in one worker per core, at most 4) each worker does its
+    torch work in its share of the cores, so the workers do not fight over them."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
 @pytest.fixture(autouse=True)
 def seeded():
     torch.manual_seed(0)
@@ -27,11 +35,23 @@ def shared_file(*parts):
 @pytest.fixture(scope="session")
 def shapes_run(tmp_path_factory):
     """The output folder of the README's main job, `python train.py` (the built-in shapes, about a minute
-    on 2 CPU cores), trained once per test run and shared: checkpoint.pt, model/, metrics.jsonl."""
+    on 2 CPU cores), trained once per test run and shared by every test and every pytest-xdist worker
+    (the first to ask trains it, on all the cores, while the others wait for it): checkpoint.pt, model/,
+    metrics.jsonl."""
     import train
+    from filelock import FileLock  # torch's own dependency
 
-    out = tmp_path_factory.mktemp("shapes-run")
-    train.main(["--out", str(out)])
+    shared = tmp_path_factory.getbasetemp()
+    shared = shared.parent if os.environ.get("PYTEST_XDIST_WORKER") else shared  # the workers' common folder
+    out = shared / "shapes-run"
+    with FileLock(str(out) + ".lock"):
+        if not (out / "model" / "config.json").exists():
+            threads = torch.get_num_threads()
+            torch.set_num_threads(os.cpu_count() or 1)  # the other workers wait for this model
+            try:
+                train.main(["--out", str(out)])
+            finally:
+                torch.set_num_threads(threads)
     return out
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
+pytestmark = pytest.mark.xdist_group("notebooks")  # one worker, one Colab folder: notebooks 6 and 7 use 5's model
 ROOT = Path(__file__).parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 

@@ -18,6 +18,9 @@ from tests.exercise_mistakes import MISTAKES
 from tests.test_exercises import SOLUTIONS, solution, write_solutions
 
 
+pytestmark = pytest.mark.xdist_group("pack")  # one worker builds the pack once for all of them
+
+
 @pytest.fixture(scope="module")
 def pack(tmp_path_factory):
     folder = tmp_path_factory.mktemp("handout")
