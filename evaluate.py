@@ -22,6 +22,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from captioner.cli import add_compile_flag, add_device_flag, load_captioner
+from captioner.untrusted import from_cell
 from data.captions import image_id, read_captions
 from data.images import load_images
 from metrics import score_captions
@@ -37,7 +38,8 @@ def read_generated(path):
         raise SystemExit(f"error: {path}: no such captions file")
     if path.suffix.lower() == ".csv":
         with open(path, newline="") as f:
-            return {Path(r["image"]).name: r["caption"] for r in csv.DictReader(f) if r["caption_index"] == "0"}
+            return {Path(from_cell(r["image"])).name: from_cell(r["caption"])  # generate.py's cells (captioner/untrusted.py)
+                    for r in csv.DictReader(f) if r["caption_index"] == "0"}
     try:
         rows = json.loads(path.read_text())
         if rows and all("image_id" in r for r in rows):  # COCO results: the first caption of each image
