@@ -77,3 +77,11 @@ def test_csv_cells_cannot_start_a_spreadsheet_formula(start, photo, tmp_path, mo
     assert row["image"] == "'" + str(named)
     assert row["caption"] == ("'" + caption if caption.startswith(start) else caption)  # the captioner strips tab, CR
     assert evaluate.read_generated("c.csv") == {named.name: caption}
+
+
+def test_a_word_of_mathtext_is_drawn_as_the_text_it_is(photo, tmp_path):
+    """Matplotlib reads text between two $ as mathtext: the word "$\\frac{$" ended generate.py --attention in a
+    ParseSyntaxException (tests/test_pictures.py checks that every word is drawn as plain text)."""
+    model = a_model_that_says("$\\frac{$", tmp_path / "model")
+    results = generate.main([str(model), str(photo), "--attention", str(tmp_path / "pictures")])
+    assert Image.open(results[0]["attention"]).format == "PNG"
