@@ -15,6 +15,7 @@ COCO results file names them by: [{"image_id": 42, "caption": ...}], as generate
 
 import argparse
 import csv
+import io
 import json
 import sys
 from pathlib import Path
@@ -23,7 +24,7 @@ from tqdm import tqdm
 
 from captioner.cli import add_compile_flag, add_device_flag, load_captioner
 from captioner.untrusted import from_cell
-from data.captions import image_id, read_captions
+from data.captions import csv_rows, decode_utf8, image_id, parse_json, read_captions
 from data.images import load_images
 from metrics import score_captions
 from metrics.java import java_scores
@@ -36,16 +37,19 @@ def read_generated(path):
     path = Path(path)
     if not path.is_file():
         raise SystemExit(f"error: {path}: no such captions file")
-    if path.suffix.lower() == ".csv":
-        with open(path, newline="") as f:
+    try:  # text that is not UTF-8, a CSV field over csv's limit, JSON nested too deeply: one line (data/captions.py)
+        text = decode_utf8(path, path.read_bytes())
+        if path.suffix.lower() == ".csv":
             return {Path(from_cell(r["image"])).name: from_cell(r["caption"])  # generate.py's cells (captioner/untrusted.py)
-                    for r in csv.DictReader(f) if r["caption_index"] == "0"}
+                    for r in csv_rows(path, csv.DictReader(io.StringIO(text))) if r["caption_index"] == "0"}
+        rows = parse_json(path, text)
+    except CaptionerError as e:
+        raise SystemExit(f"error: {e}") from None
     try:
-        rows = json.loads(path.read_text())
         if rows and all("image_id" in r for r in rows):  # COCO results: the first caption of each image
             return {r["image_id"]: str(r["caption"]) for r in reversed(rows)}
         return {Path(r["image"]).name: r["captions"][0] for r in rows}
-    except (json.JSONDecodeError, KeyError, TypeError, IndexError):
+    except (KeyError, TypeError, IndexError):
         raise SystemExit(f"error: {path}: neither the JSON generate.py writes ([{{\"image\", \"captions\"}}, ...]) "
                          "nor COCO results ([{\"image_id\", \"caption\"}, ...])") from None
 

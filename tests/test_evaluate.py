@@ -60,6 +60,23 @@ def test_bad_arguments_get_one_line(argv, message, capsys):
     assert message in text
 
 
+@pytest.mark.parametrize("name, content, message", [
+    ("captions.csv", "image,caption_index,caption\n0.png,0," + "a" * 140_000 + "\n", "line 2: not valid CSV (field larger"),
+    ("captions.json", "[" * 100_000 + "]" * 100_000, "JSON nested too deeply to read"),
+    ("captions.json", '[{"image": "0.png", "captions": ["caf\xe9"]}]'.encode("latin-1"), "line 1: bytes that are not UTF-8"),
+], ids=["a CSV field over csv's limit", "JSON 100,000 deep", "not UTF-8"])
+def test_captions_files_built_to_break_the_parsers_get_one_line(tmp_path, name, content, message):
+    """Each ended in a traceback that named no file: _csv.Error, RecursionError, UnicodeDecodeError (issue 34,
+    point 11)."""
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    (tmp_path / "refs.json").write_text(json.dumps({"images": [{"filename": "0.png", "sentences": [{"raw": "a"}]}]}))
+    with pytest.raises(SystemExit) as error:
+        evaluate.main([str(path), str(tmp_path / "refs.json"), "--no-java"])
+    assert str(error.value.code).startswith(f"error: {path}") and message in str(error.value.code)
+    assert "\n" not in str(error.value.code)
+
+
 def test_coco_results_written_by_generate_and_by_another_tool_score_the_same(shapes_model, tmp_path):
     """generate.py --coco-results writes [{"image_id", "caption"}]; evaluate.py reads it against a COCO
     captions file (images named COCO_val2014_<id>.jpg, as COCO's are), and a results file another tool wrote
