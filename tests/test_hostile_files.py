@@ -4,6 +4,7 @@ Each model here is tiny and says one word of our choosing: built and saved in mi
 
 import csv
 import json
+import os
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from PIL import Image
 import evaluate
 import generate
 from captioner import Captioner
+from conftest import within
 from data.images import CLIP_MEAN, CLIP_STD
 from data.tokenizer import WordTokenizer
 from model.caption_model import build_caption_model
@@ -85,3 +87,23 @@ def test_a_word_of_mathtext_is_drawn_as_the_text_it_is(photo, tmp_path):
     model = a_model_that_says("$\\frac{$", tmp_path / "model")
     results = generate.main([str(model), str(photo), "--attention", str(tmp_path / "pictures")])
     assert Image.open(results[0]["attention"]).format == "PNG"
+
+
+def test_a_named_pipe_or_a_device_among_the_images_is_skipped_in_one_line(photo, tmp_path, capsys):
+    """A folder holding a named pipe pipe.jpg hung generate.py for ever: opening it waits for a writer that never
+    comes (issue 34, point 14). Only regular files are opened as images; the others are captioned."""
+    model = a_model_that_says("red", tmp_path / "model")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    photo.rename(folder / "a.png")
+    os.mkfifo(folder / "pipe.jpg")
+    (folder / "zero.png").symlink_to("/dev/zero")  # a device: reading it never ends
+    (folder / "b.png").write_bytes((folder / "a.png").read_bytes())
+    with within(10), pytest.raises(SystemExit) as stop:
+        generate.main([str(model), str(folder), "--json", str(tmp_path / "c.json")])
+    assert stop.value.code == 1  # non-zero at the end, after the others were captioned
+    assert [r["image"] for r in json.loads((tmp_path / "c.json").read_text())] == [str(folder / "a.png"), str(folder / "b.png")]
+    _, err = capsys.readouterr()
+    assert err.splitlines() == [f"skipped {folder / 'pipe.jpg'}: a named pipe, not a regular file",
+                                f"skipped {folder / 'zero.png'}: a device, not a regular file",
+                                "2 of 4 images could not be read"]
