@@ -11,10 +11,13 @@ references: any caption file train.py reads (Karpathy or COCO JSON, results.csv,
 an imagefolder's metadata.csv or metadata.jsonl).
 Images are matched by file name (with its subfolder, as in COCO's train2014/...), or by the number a
 COCO results file names them by: [{"image_id": 42, "caption": ...}], as generate.py --coco-results writes.
+A row whose image_id is not a whole number (or a file name), or whose caption is not a string, stops the command
+with one line naming the file and the field; so does an image the references do not have.
 """
 
 import argparse
 import csv
+import io
 import json
 import sys
 from pathlib import Path
@@ -22,7 +25,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from captioner.cli import add_compile_flag, add_device_flag, load_captioner
-from data.captions import image_id, read_captions
+from captioner.untrusted import for_terminal, from_cell
+from data.captions import csv_rows, decode_utf8, image_id, parse_json, read_captions
 from data.images import load_images
 from metrics import score_captions
 from metrics.java import java_scores
@@ -35,24 +39,67 @@ def read_generated(path):
     path = Path(path)
     if not path.is_file():
         raise SystemExit(f"error: {path}: no such captions file")
-    if path.suffix.lower() == ".csv":
-        with open(path, newline="") as f:
-            return {Path(r["image"]).name: r["caption"] for r in csv.DictReader(f) if r["caption_index"] == "0"}
-    try:
-        rows = json.loads(path.read_text())
-        if rows and all("image_id" in r for r in rows):  # COCO results: the first caption of each image
-            return {r["image_id"]: str(r["caption"]) for r in reversed(rows)}
-        return {Path(r["image"]).name: r["captions"][0] for r in rows}
-    except (json.JSONDecodeError, KeyError, TypeError, IndexError):
+    try:  # text that is not UTF-8, a CSV field over csv's limit, JSON nested too deeply: one line (data/captions.py)
+        text = decode_utf8(path, path.read_bytes())
+        if path.suffix.lower() == ".csv":
+            return csv_captions(path, text)
+        rows = parse_json(path, text)
+    except CaptionerError as e:
+        raise SystemExit(f"error: {for_terminal(e)}") from None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         raise SystemExit(f"error: {path}: neither the JSON generate.py writes ([{{\"image\", \"captions\"}}, ...]) "
-                         "nor COCO results ([{\"image_id\", \"caption\"}, ...])") from None
+                         "nor COCO results ([{\"image_id\", \"caption\"}, ...])")
+    if rows and all("image_id" in r for r in rows):  # COCO results: the first caption of each image
+        return {field(path, i, r, "image_id", (int, str), "a whole number (or a file name)"): field(path, i, r, "caption", str, "a string")
+                for i, r in reversed(list(enumerate(rows)))}
+    return {Path(field(path, i, r, "image", str, "a string")).name: first_caption(path, i, r) for i, r in enumerate(rows)}
+
+
+def field(path, i, row, name, kinds, what):
+    """row[name] if it is one of `kinds`; otherwise one line naming the file and the field. JSON's true is not the
+    number 1 here, and null, 12345 or a list are not a caption."""
+    value = row.get(name)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        raise SystemExit(f"error: {path}: [{i}].{name} is {json.dumps(value)[:40]}, not {what}")
+    return value
+
+
+def first_caption(path, i, row):
+    """The first of a generate.py row's captions, which must be a string."""
+    captions = field(path, i, row, "captions", list, "a list of captions")
+    if not captions or not isinstance(captions[0], str):
+        raise SystemExit(f"error: {path}: [{i}].captions[0] is {json.dumps(captions[0])[:40]}, not a string"
+                         if captions else f"error: {path}: [{i}].captions is empty")
+    return captions[0]
+
+
+CSV_COLUMNS = ("image", "caption_index", "caption")  # what generate.py --csv writes
+
+
+def csv_captions(path, text):
+    """{image file name: caption} of generate.py's CSV: its rows with caption_index 0, the cells read back as
+    generate.py wrote them (captioner/untrusted.py)."""
+    reader, captions = csv.DictReader(io.StringIO(text)), {}
+    for row in csv_rows(path, reader):
+        if any(row.get(column) is None for column in CSV_COLUMNS):  # a missing column, or a row cut short
+            raise SystemExit(f"error: {path}, line {reader.line_num}: not a row of the CSV generate.py writes "
+                             f"({','.join(CSV_COLUMNS)})")
+        if row["caption_index"] == "0":
+            captions[Path(from_cell(row["image"])).name] = from_cell(row["caption"])
+    return captions
 
 
 def matched(generated, references):
     """generated, keyed by the references' own names: a name with its subfolder, or a COCO image_id."""
     by_file = {Path(n).name: n for n in references.captions}
     by_id = {image_id(n): n for n in references.captions}
-    return {n if n in references.captions else by_file.get(str(n)) or by_id.get(n, n): c for n, c in generated.items()}
+    return {n if n in references.captions else by_file.get(str(n)) or by_id.get(n) or unmatched(n): c
+            for n, c in generated.items()}
+
+
+def unmatched(key):
+    """A key no reference has, as a name that sorts with the others: "image_id 999" for a COCO number."""
+    return f"image_id {key}" if isinstance(key, int) else key
 
 
 BATCH = 32  # images read and captioned at a time: a folder of thousands never sits in memory at once
@@ -114,7 +161,7 @@ def main(argv=None):
     try:
         references = read_captions(args.files[-1])
     except CaptionerError as e:
-        raise SystemExit(f"error: {e}") from None
+        raise SystemExit(f"error: {for_terminal(e)}") from None  # it may quote the file: its names, its captions
     if args.model:
         try:
             generated = caption_with_model(args, references.names(args.split))
@@ -126,7 +173,7 @@ def main(argv=None):
     unknown = [n for n in names if n not in references.captions]
     if unknown:
         raise SystemExit(f"error: {len(unknown)} captioned images have no references in {args.files[-1]} "
-                         f"(first: {', '.join(unknown[:5])})")
+                         f"(first: {for_terminal(', '.join(unknown[:5]))})")
     if not names:
         raise SystemExit("error: no captioned image to score")
     candidates, refs = [generated[n] for n in names], [references.captions[n] for n in names]

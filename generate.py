@@ -13,6 +13,8 @@ training checkpoint (OUT/checkpoint.pt), or a Hugging Face ViT + GPT-2 captioner
     python generate.py nlpconnect/vit-gpt2-image-captioning photo.jpg --download
  An image that cannot be read is reported in one line; every
 other image is still captioned, and the exit status is 1 at the end.
+Captions are printed with their control characters shown as escapes (\x1b); a --csv cell that begins like a
+spreadsheet formula (= + - @) gets a leading ', as spreadsheets mark text (captioner/untrusted.py); --json is exact.
 """
 
 import argparse
@@ -27,6 +29,7 @@ from tqdm import tqdm
 from captioner.cli import add_compile_flag, add_device_flag, load_captioner
 from captioner.flags import add_dataclass_flags
 from captioner.pictures import save_attention_picture
+from captioner.untrusted import for_terminal, to_cell
 from data.captions import image_id
 from data.images import load_images
 from model.errors import CaptionerError
@@ -104,7 +107,7 @@ def caption_images(args):
         loaded, errors = load_images(paths[start : start + args.batch_size])
         bar.update(len(loaded) + len(errors))
         for error in errors:
-            tqdm.write(f"skipped {error}", file=sys.stderr)
+            tqdm.write(f"skipped {for_terminal(error)}", file=sys.stderr)
         failed += len(errors)
         if not loaded:
             continue
@@ -115,7 +118,7 @@ def caption_images(args):
                                          region_mask=args.region_mask, attention=bool(args.attention),
                                          batch_size=args.batch_size, options=args.options)
         except CaptionerError as e:  # a region or an image the user can fix: one line (model/errors.py)
-            sys.exit(f"error: {e}")
+            sys.exit(f"error: {for_terminal(e)}")
         for (path, _), caption in zip(loaded, captions):
             texts = caption.texts if args.attention else (caption if isinstance(caption, list) else [caption])
             results.append({"image": str(path), "captions": texts})
@@ -137,7 +140,7 @@ def caption_images(args):
             writer.writerow(["image", "caption_index", "caption"])
             for r in results:
                 for k, text in enumerate(r["captions"]):
-                    writer.writerow([r["image"], k, text])
+                    writer.writerow([to_cell(r["image"]), k, to_cell(text)])  # never a formula (captioner/untrusted.py)
     if failed:
         print(f"{failed} of {len(paths)} images could not be read", file=sys.stderr)
         sys.exit(1)
@@ -145,15 +148,16 @@ def caption_images(args):
 
 
 def print_table(results):
+    """Image names and captions, their control characters shown as escapes: a word is never a terminal command."""
     if not results:
         return
-    width = min(40, max(len(Path(r["image"]).name) for r in results))
+    width = min(40, max(len(for_terminal(Path(r["image"]).name)) for r in results))
     print(f"{'image':{width}}  caption")
     print(f"{'-' * width}  {'-' * 40}")
     for r in results:
-        name = Path(r["image"]).name
+        name = for_terminal(Path(r["image"]).name)
         for k, text in enumerate(r["captions"]):
-            print(f"{(name if k == 0 else ''):{width}}  {text}")
+            print(f"{(name if k == 0 else ''):{width}}  {for_terminal(text)}")
 
 
 if __name__ == "__main__":

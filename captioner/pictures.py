@@ -3,12 +3,15 @@
 Drawn honestly: each patch is one flat block with a thin grid line around it (the model saw 16 patches
 of a 4 x 4 grid, not a smooth field), every panel of a figure shares one colour scale with a colour bar,
 and the bar marks the uniform level 1/N, where a patch gets exactly its share. A smoothed overlay exists
-only when asked for (smooth=True), and its title says so.
+only when asked for (smooth=True), and its title says so. A model's words are drawn as plain text: never read
+as mathtext (a word "$\\frac{$" would not parse) or TeX.
 """
 
 def shares(heat):
     """A map as shares of the whole (it sums to 1 over the patches)."""
     return heat / heat.sum().clamp(min=1e-12)
+
+PLAIN = dict(parse_math=False, usetex=False)  # text drawn as written: no $...$ mathtext, no TeX
 
 def attention_figure(result, layer=None, columns=6, smooth=False):
     """A matplotlib Figure of a Caption (captioner.caption(..., attention=True)).
@@ -41,13 +44,13 @@ def attention_figure(result, layer=None, columns=6, smooth=False):
                 for i in range(1, grid):  # the patch grid
                     ax.axhline(i * height / grid, color="white", lw=0.4, alpha=0.5)
                     ax.axvline(i * width / grid, color="white", lw=0.4, alpha=0.5)
-        ax.set_title(title + (" (smoothed)" if smooth and heat is not None else ""), fontsize=11)
+        ax.set_title(title + (" (smoothed)" if smooth and heat is not None else ""), fontsize=11, **PLAIN)
     if shown is not None:
         # the uniform level named in the bar's label, not beside the bar, where it would cover a tick's number
         bar = fig.colorbar(shown, ax=axes, shrink=0.8,
                            label=f"share of the word's attention per patch\n(cyan line: uniform, 1/{grid * grid})")
         bar.ax.axhline(1 / grid**2, color="cyan", lw=2)
-    fig.suptitle(result.text, fontsize=12)
+    fig.suptitle(result.text, fontsize=12, **PLAIN)
     return fig
 
 def save_attention_picture(result, path, layer=None, smooth=False):

@@ -85,18 +85,36 @@ def read_coco(path, data):
     return CaptionSet(captions, {}, "coco")
 
 
-def read_json(path, text):
+def parse_json(path, text, line=None):
+    """json.loads(text), or one line naming `path` (and the `line` text came from): invalid JSON, or JSON nested
+    deeper than Python's parser recurses (json raises RecursionError there)."""
     try:
-        data = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as e:
-        raise CaptionFileError(f"{path}, line {e.lineno}: not valid JSON ({e.msg})") from None
+        raise CaptionFileError(f"{path}, line {line or e.lineno}: not valid JSON ({e.msg})") from None
+    except RecursionError:
+        raise CaptionFileError(f"{path}{f', line {line}' if line else ''}: JSON nested too deeply to read") from None
+
+
+def csv_rows(path, reader):
+    """The rows of a csv reader, or one line naming `path` and the line the csv module cannot read (a field over
+    its limit of 131,072 characters, for one)."""
+    try:
+        yield from reader
+    except csv.Error as e:
+        line = getattr(reader, "reader", reader).line_num  # a DictReader counts lines only after a row is read
+        raise CaptionFileError(f"{path}, line {line}: not valid CSV ({e})") from None
+
+
+def read_json(path, text):
+    data = parse_json(path, text)
     if isinstance(data, dict) and isinstance(data.get("images"), list):
         try:
             if "annotations" in data:
                 return read_coco(path, data)
             if all("sentences" in image for image in data["images"][:1]):
                 return read_karpathy(path, data)
-        except (AttributeError, TypeError, KeyError) as e:  # a value of the wrong kind somewhere in the file
+        except (AttributeError, TypeError, KeyError, RecursionError) as e:  # a value of the wrong kind somewhere
             raise CaptionFileError(f"{path}: an entry of an unexpected shape ({type(e).__name__}: {str(e)[:60]})"
                                    f"; see the {'COCO' if 'annotations' in data else 'Karpathy'} layout in "
                                    "data/captions.py") from None
@@ -131,7 +149,7 @@ def read_token(path, lines):
 
 def read_flickr8k(path, text):
     captions = {}
-    rows = csv.reader(io.StringIO(text))
+    rows = csv_rows(path, csv.reader(io.StringIO(text)))
     next(rows)  # header
     for n, row in enumerate(rows, start=2):
         if not row:
@@ -172,13 +190,10 @@ def metadata_rows(path, text):
         rows = []
         for n, line in enumerate(text.splitlines(), 1):
             if line.strip():
-                try:
-                    rows.append((n, json.loads(line)))
-                except json.JSONDecodeError as e:
-                    raise CaptionFileError(f"{path}, line {n}: not valid JSON ({e.msg})") from None
+                rows.append((n, parse_json(path, line, line=n)))
         return rows
     reader = csv.DictReader(io.StringIO(text))
-    return [(n, row) for n, row in enumerate(reader, 2)]
+    return [(n, row) for n, row in enumerate(csv_rows(path, reader), 2)]
 
 
 def read_captions(path, val_fraction=0.05, test_fraction=0.05, seed=0):

@@ -1,6 +1,9 @@
 """Open any image a user has as an 8-bit RGB picture, or say in one line which file is wrong and why."""
 
+import os
+import stat
 import warnings
+from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -49,7 +52,7 @@ def load_image(path, max_pixels=MAX_PIXELS, name=None, seen_at=None):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies instead
-            with Image.open(path) as image:
+            with opened_regular_file(path, name) as source, Image.open(source) as image:
                 w, h = image.size
                 if w * h > max_pixels:
                     raise ImageTooLarge(f"{name}: {w}x{h} pixels is more than the {max_pixels:,} this loader accepts")
@@ -74,6 +77,25 @@ def load_image(path, max_pixels=MAX_PIXELS, name=None, seen_at=None):
         raise ImageTooLarge(f"{name}: too large to decode safely ({e})") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"{name}: damaged or truncated image ({e})") from None
+
+
+def opened_regular_file(path, name):
+    """`path` opened for reading if it is a regular file (links followed), or a file object as given. A named pipe
+    (opening or reading it waits for a writer that may never come), a device (/dev/zero never ends) or a folder
+    is an ImageError naming it. The file is opened without waiting and checked once open, so it cannot be swapped
+    between the check and the reading."""
+    if not isinstance(path, (str, os.PathLike)):
+        return nullcontext(path)  # an upload in memory, or a file the caller opened
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISREG(mode):
+        return os.fdopen(fd, "rb")
+    os.close(fd)
+    if stat.S_ISDIR(mode):
+        raise ImageError(f"{name}: is a folder, not an image")
+    kind = ("a named pipe" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "a special file")
+    raise ImageError(f"{name}: {kind}, not a regular file")
 
 
 REDUCING_GAP = 3  # see load_image's seen_at

@@ -141,11 +141,32 @@ def best_beams(scores, K):
     return best // V, best % V  # (B, K) each: integer division on integer tensors
 
 
+PENALTY_DECIDES_ALONE = 1e7  # |length_penalty| from which the length alone orders beams (see ranking_key)
+
+
+def ranking_key(logp, length, length_penalty):
+    """A key that orders beams as logp / length ** length_penalty does, for any finite penalty, in float32 without
+    overflow (length ** 100 overflows it from length 3 on). logp: (B, K, ...) summed log-probabilities (<= 0),
+    length: (B, K) tokens (>= 1) -> (B, K, ...), larger is better.
+
+    With logp < 0, logp / length ** lp = -exp(log(-logp) - lp * log(length)), which grows as
+    lp * log(length) - log(-logp) grows. Lengths are taken relative to each image's longest beam, so beams of one
+    length compare by log-probability at full precision. Beyond +-1e7 the order no longer changes: log(-logp)
+    spans under 200 in float32, while lengths up to 16,384 stay 1e7 * log((L + 1) / L) > 600 apart; the length
+    decides, then the log-probability. logp = 0 ranks first (+inf), logp = -inf last (-inf).
+    """
+    lp = max(-PENALTY_DECIDES_ALONE, min(PENALTY_DECIDES_ALONE, length_penalty))
+    relative = (length / length.amax(dim=1, keepdim=True)).log()  # (B, K), 0 for each image's longest beams
+    relative = relative.view(*relative.shape, *[1] * (logp.dim() - 2))  # (B, K, 1...), against logp's shape
+    return lp * relative - (-logp).log()  # (B, K, ...)
+
+
 @torch.no_grad()
 def beam_search(decoder, clip_embed, patches, bos_id, eos_id, beam_size=3, max_new_tokens=None,
                 length_penalty=1.0, patch_mask=None, repetition_penalty=1.0, no_repeat_ngram_size=0,
                 deadline=None):
-    """Keep the beam_size best partial captions per image, ranked by log-probability / length ** length_penalty.
+    """Keep the beam_size best partial captions per image, ranked by log-probability / length ** length_penalty
+    (compared through ranking_key, which cannot overflow).
 
     clip_embed: (B, E), patches: (B, N, patch_dim) or None, patch_mask: (B, N) or None
     -> (tokens (B, T_new), scores (B,)). deadline: as in sample().
@@ -175,7 +196,7 @@ def beam_search(decoder, clip_embed, patches, bos_id, eos_id, beam_size=3, max_n
         step = torch.where(done[..., None], only_eos, step)  # a finished beam continues only with eos, for free
         candidates = logp[..., None] + step  # (B, K, V)
         new_length = length + (~done).float()  # (B, K)
-        score = candidates / new_length[..., None] ** length_penalty  # (B, K, V)
+        score = ranking_key(candidates, new_length, length_penalty)  # (B, K, V), ranked as candidates / length ** lp
         beam, token = (plugged("best_beams") or best_beams)(score, K)  # (B, K) each; a student's if plugged in
         logp = candidates[torch.arange(B, device=device)[:, None], beam, token]  # (B, K)
         length = new_length.gather(1, beam)
@@ -185,10 +206,12 @@ def beam_search(decoder, clip_embed, patches, bos_id, eos_id, beam_size=3, max_n
         tokens = torch.cat([tokens[index], token.view(-1, 1)], dim=1)  # (B*K, t + 1)
         if done.all():
             break
-    final = logp / length.clamp(min=1) ** length_penalty  # (B, K)
-    best = final.argmax(dim=-1)  # (B,)
+    length = length.clamp(min=1)  # a search that made no step
+    best = ranking_key(logp, length, length_penalty).argmax(dim=-1)  # (B,)
     chosen = torch.arange(B, device=device) * K + best  # (B,)
-    return tokens[chosen, 1:], final.gather(1, best[:, None]).squeeze(1)
+    logp, length = logp.gather(1, best[:, None]).squeeze(1), length.gather(1, best[:, None]).squeeze(1)  # (B,) each
+    final = torch.where((logp == 0) | logp.isinf(), logp, logp / length**length_penalty)  # never 0/0 or inf/inf
+    return tokens[chosen, 1:], final  # (B, T_new), (B,): the score, which float32 may round to 0 or -inf
 
 
 MIN_TEMPERATURE = 1e-3  # sampling this cold is already greedy in effect; much colder overflows float32

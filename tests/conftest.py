@@ -1,5 +1,6 @@
 import contextlib
 import os
+import signal
 import sys
 
 import pytest
@@ -98,3 +99,23 @@ def serving(app):
     finally:
         server.should_exit = True
         thread.join(5)
+
+
+class StillRunning(Exception):
+    """Raised by within(); not an OSError, so that no reader mistakes it for a damaged file."""
+
+
+@contextlib.contextmanager
+def within(seconds):
+    """Fail, instead of hanging the test run, when the block takes longer than `seconds`: SIGALRM interrupts even
+    a blocked open() of a named pipe. Main thread, Unix only."""
+    def too_long(signum, frame):
+        raise StillRunning(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, too_long)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)

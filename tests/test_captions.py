@@ -84,6 +84,26 @@ def test_malformed_files_name_file_and_line(tmp_path, content, message):
     assert "\n" not in str(error.value)
 
 
+DEEP = "[" * 100_000 + "]" * 100_000  # 200 kB of JSON, nested deeper than Python's parser recurses
+LONG = "a" * 140_000  # one field over the csv module's limit of 131,072 characters
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("captions.txt", f"image,caption\n1.jpg,A dog.\n2.jpg,{LONG}\n", "line 3: not valid CSV (field larger than"),
+    ("metadata.csv", f"file_name,text\n1.jpg,A dog.\n2.jpg,{LONG}\n", "line 3: not valid CSV (field larger than"),
+    ("dataset_flickr30k.json", '{"images": ' + DEEP + "}", "JSON nested too deeply to read"),
+    ("metadata.jsonl", '{"file_name": "1.jpg", "text": "A dog."}\n{"file_name": ' + DEEP + "}\n",
+     "line 2: JSON nested too deeply to read"),
+], ids=["a long CSV field", "a long metadata.csv field", "deep JSON", "a deep metadata.jsonl line"])
+def test_files_built_to_break_the_parsers_get_one_line(tmp_path, name, content, message):
+    """The csv module refuses a field over 131,072 characters and json a nesting deeper than Python's recursion
+    limit, each with an exception that named no file (issue 34, point 11)."""
+    path = write(tmp_path, name, content)
+    with pytest.raises(CaptionFileError) as error:
+        read_captions(path)
+    assert str(error.value).startswith(f"{path}") and message in str(error.value) and "\n" not in str(error.value)
+
+
 def test_non_utf8_bytes_name_the_line(tmp_path):
     content = "image_name| comment_number| comment\n1.jpg| 0| A dog.\n2.jpg| 0| Caf\xe9 table.\n".encode("latin-1")
     with pytest.raises(CaptionFileError, match=r"line 3: bytes that are not UTF-8"):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from matplotlib.text import Text
 
 from captioner.pictures import attention_figure
 
@@ -47,6 +48,19 @@ def test_smoothing_only_when_asked_and_labelled(tmp_path):
     assert {im.get_interpolation() for im in heat_images(fig)} == {"bilinear"}
     assert all("(smoothed)" in ax.get_title() for ax in fig.axes if ax.get_title() in ("red", "square"))
     fig.savefig(tmp_path / "smoothed.png")
+
+
+def test_words_are_drawn_as_plain_text_never_as_mathtext(tmp_path):
+    """A word between two $ is matplotlib mathtext: "$\\frac{$" raised ParseSyntaxException when drawn, "$x^{2}$"
+    drew a formula. A model's words are drawn as the text they are (issue 34, point 10)."""
+    caption, _ = a_caption()
+    caption.words = ["$\\frac{$", "$x^{2}$", "\\$"]
+    caption.text = " ".join(caption.words)
+    fig = attention_figure(caption)
+    drawn = [t for t in fig.findobj(Text) if t.get_text() in caption.words + [caption.text]]
+    assert sorted(t.get_text() for t in drawn) == sorted(caption.words + [caption.text])
+    assert not any(t.get_parse_math() or t.get_usetex() for t in drawn)
+    fig.savefig(tmp_path / "words.png")
 
 
 def test_the_page_draws_blocks_with_a_shared_scale():

@@ -177,6 +177,41 @@ def test_a_beam_as_wide_as_the_search_space_finds_the_best_sequence():
         assert_close(scores[b].item(), best, rtol=1e-5, atol=1e-5)
 
 
+def every_sequence_ranked(decoder, clip_embed, patches, length_penalty):
+    """Brute force: all 64 sequences of 3 tokens from 4 symbols, best first by log-probability / length **
+    length_penalty (length: up to and including the first EOS), each cut after its EOS. The score is computed in
+    float64 where it fits (|length_penalty| <= 100); beyond, by the order it takes without limit: the length first
+    (the longer the better for a positive penalty), then the log-probability."""
+    every = torch.cartesian_prod(*[torch.arange(4)] * 3)  # (64, 3)
+    inputs = torch.cat([torch.full((64, 1), BOS), every[:, :-1]], dim=1)  # (64, 3)
+    with torch.no_grad():
+        logp = decoder(inputs, clip_embed.expand(64, -1), patches.expand(64, -1, -1)).logits.log_softmax(-1)
+    logp = logp.double().gather(2, every[..., None])[..., 0]  # (64, 3)
+    ended = (every == EOS).long().cumsum(1)  # (64, 3): 1 from the first EOS on
+    counted = (ended - (every == EOS).long()) == 0  # (64, 3): positions up to and including the first EOS
+    total, n = (logp * counted).sum(1), counted.sum(1)  # (64,) each
+    if abs(length_penalty) <= 100:
+        keys = [(t / float(k) ** length_penalty,) for t, k in zip(total.tolist(), n.tolist())]
+    else:
+        keys = [(k if length_penalty > 0 else -k, t) for t, k in zip(total.tolist(), n.tolist())]
+    order = sorted(range(64), key=lambda i: keys[i], reverse=True)
+    return [every[i, : n[i]].tolist() for i in order]
+
+
+@pytest.mark.parametrize("length_penalty", [100.0, -100.0, 1e9, -1e9, 1.7e308])
+def test_extreme_length_penalties_still_find_the_best_sequence(length_penalty):
+    """length ** length_penalty overflows float32 from about +-32 (3 ** 100 is 5e47): candidates scored 0 or -inf
+    alike, and the search took the first of the ties, the <pad> token (issue 34, point 13). Beams are now ranked
+    without that overflow: a beam as wide as the search space finds what brute force finds."""
+    decoder = tiny_decoder(vocab_size=4, max_len=4)  # 3 new tokens from 4 symbols: 64 sequences at most
+    clip_embed, patches = image_inputs(3)
+    tokens, _ = beam_search(decoder, clip_embed, patches, BOS, EOS, beam_size=64, length_penalty=length_penalty)
+    for b in range(3):
+        best = every_sequence_ranked(decoder, clip_embed[b : b + 1], patches[b : b + 1], length_penalty)[0]
+        assert tokens[b, : len(best)].tolist() == best, (b, tokens[b], best)
+        assert (tokens[b, len(best) :] == EOS).all()  # a finished caption continues with its end token
+
+
 HOSTILE_OPTIONS = [  # each crashed decoding (NaN probabilities, float overflow, a seed torch refuses) or did nothing
     (dict(temperature=float("nan")), "temperature must be a finite number"),
     (dict(temperature=float("inf")), "temperature must be a finite number"),

@@ -14,6 +14,7 @@ from PIL import Image
 
 import train
 import training.setup
+from conftest import within
 from test_train import TINY, photo_folder, run  # noqa: F401 - photo_folder is a fixture
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -124,6 +125,23 @@ def test_train_and_evaluate_read_an_imagefolder(photo_folder, tmp_path):
     scores = evaluate.main([str(folder / "metadata.csv"), "--model", str(tmp_path / "folder" / "model"),
                             "--images", str(folder), "--split", "val"])
     assert set(scores) >= {"BLEU-4", "CIDEr-D"}
+
+
+def test_a_named_pipe_among_the_training_images_is_skipped_in_one_line(photo_folder, tmp_path, capsys):
+    """A metadata.csv naming a named pipe hung train.py while it read the images: opening a pipe waits for a
+    writer (issue 34, point 14). It is skipped in one line, as an unreadable image is, and training goes on."""
+    folder, captions = photo_folder
+    rows = [(image["filename"], sentence["raw"], image["split"])
+            for image in json.loads(captions.read_text())["images"] for sentence in image["sentences"]]
+    os.mkfifo(folder / "pipe.jpg")
+    rows.append(("pipe.jpg", "A pipe.", "train"))
+    (folder / "metadata.csv").write_text("file_name,text,split\n" + "".join(f"{n},{t},{s}\n" for n, t, s in rows))
+    with within(60):
+        run(tmp_path, "folder", "--data", str(folder / "metadata.csv"), "--batch-size", "6", "--stop-after", "1")
+    out = capsys.readouterr().out
+    assert f"skipped {folder / 'pipe.jpg'}: a named pipe, not a regular file\n" in out
+    assert "2 of 14 images could not be read and were skipped" in out  # the pipe and the corrupt 12.jpg
+    assert torch.load(tmp_path / "folder" / "checkpoint.pt", weights_only=True)["step"] == 1  # it trained
 
 
 def test_every_run_writes_its_settings_and_config_starts_a_run_from_them(tmp_path, capsys):
