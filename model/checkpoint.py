@@ -13,7 +13,6 @@ a checkpoint someone handed you runs none of their code.
 import json
 import os
 import pickle
-import stat
 from pathlib import Path
 
 import torch
@@ -22,11 +21,11 @@ from safetensors.torch import load_file, save_file
 
 from model.caption_model import CaptionModel, CaptionModelConfig
 from model.errors import CaptionerError
+from model.files import read_json, regular_file
 
 MODEL_FORMAT = "captioner-model"  # config.json's "format", so a foreign JSON file is recognised as such
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 CONFIG_KEYS = {"format", "version", "model", "tokenizer", "preprocess"}
-MAX_JSON_BYTES = 64 * 2**20  # a config is a few kB and a tokenizer's vocabulary about 1 MB
 
 
 class CheckpointError(CaptionerError):
@@ -46,22 +45,6 @@ def replace_atomically(path, write):
 
 def save_checkpoint(path, state):
     replace_atomically(path, lambda tmp: torch.save(state, tmp))
-
-
-def regular_file(path, error=CheckpointError):
-    """`path` if it is a regular file (links followed). A folder, a named pipe (reading it waits forever) or a
-    device such as /dev/zero (reading it never ends) is `error`, naming it; so is a path that does not exist."""
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        raise error(f"{path}: no such file") from None
-    except OSError as e:
-        raise error(f"{path}: cannot be read ({e.strerror})") from None
-    if not stat.S_ISREG(mode):
-        kind = ("a folder" if stat.S_ISDIR(mode) else "a named pipe" if stat.S_ISFIFO(mode)
-                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a special file")
-        raise error(f"{path}: {kind}, not a regular file")
-    return path
 
 
 def load_weights_only(path, error=CheckpointError, hint=""):
@@ -111,17 +94,6 @@ def safetensors_shapes(path, error=CheckpointError):
             return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
         raise error(f"{path}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
-
-
-def read_json(path, error=CheckpointError):
-    """A JSON file as Python values; one that is not JSON, or not a regular file of sane size, is `error`."""
-    size = os.stat(regular_file(path, error)).st_size
-    if size > MAX_JSON_BYTES:
-        raise error(f"{path}: {size:,} bytes is more than a JSON file of a model holds ({MAX_JSON_BYTES:,} at most)")
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise error(f"{path}: not valid JSON ({str(e)[:100]})") from None
 
 
 def meta_shapes(build):
@@ -209,7 +181,7 @@ def read_model_config(folder):
     path = Path(folder) / CONFIG_FILE
     if not path.exists():
         raise CheckpointError(f"{path}: missing; a model folder holds {CONFIG_FILE} and {WEIGHTS_FILE}")
-    config = read_json(path)
+    config = read_json(path, CheckpointError)
     if not isinstance(config, dict) or config.get("format") != MODEL_FORMAT:
         raise CheckpointError(f"{path}: not a captioner model config (its \"format\" is not {MODEL_FORMAT!r})")
     unknown, missing = sorted(set(config) - CONFIG_KEYS), sorted(CONFIG_KEYS - set(config))

@@ -14,8 +14,9 @@ from pathlib import Path
 import torch
 
 from model.caption_model import CaptionModel, CaptionModelConfig, build_decoder
-from model.checkpoint import CheckpointError, load_safetensors, load_weights_only, meta_shapes, read_json, shape_difference
+from model.checkpoint import CheckpointError, load_safetensors, load_weights_only, meta_shapes, shape_difference
 from model.decoder import DecoderConfig
+from model.files import read_json
 from model.vit import ViTConfig, VisionTransformer
 
 
