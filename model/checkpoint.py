@@ -13,6 +13,7 @@ a checkpoint someone handed you runs none of their code.
 import json
 import os
 import pickle
+import zipfile
 from pathlib import Path
 
 import torch
@@ -47,34 +48,71 @@ def save_checkpoint(path, state):
     replace_atomically(path, lambda tmp: torch.save(state, tmp))
 
 
+MAX_DEPTH = 32  # a checkpoint's deepest value is 5 levels down: optimizer, "param_groups", 0, "betas", 0
+MAX_UNPACKED = 4  # torch.save stores its zip entries uncompressed: they unpack to no more than the file's size
+
+
 def load_weights_only(path, error=CheckpointError, hint=""):
     """torch.load(path, weights_only=True): tensors and plain values only, so no code in the file runs.
-    Any failure is raised as `error`, one sentence naming the file (`hint` is added to a refusal)."""
+    Any failure is raised as `error`, one sentence naming the file (`hint` is added to a refusal). A file
+    that would unpack to far more than it holds, or whose values nest too deep, is refused before it costs more."""
     regular_file(path, error)
+    unpacked = unpacked_size(path, error)
+    if unpacked > MAX_UNPACKED * os.path.getsize(path) + 2**20:
+        raise error(f"{path}: refused: its entries unpack to {unpacked:,} bytes, {unpacked // os.path.getsize(path):,} "
+                    "times the file's size (torch.save stores them uncompressed)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:  # the weights-only reader met something other than tensors and plain values
         raise error(f"{path}: refused: it holds Python objects that could run code when loaded{hint}") from None
     except Exception as e:  # torch raises several types for a cut-off or foreign file
         raise error(f"{path}: damaged or truncated, torch.load failed ({type(e).__name__})") from None
-    name = overlapping_tensor(state)
-    if name is not None:
-        raise error(f"{path}: refused: tensor {name} reuses its stored values (a stride of 0), so copying it "
-                    "could take far more memory than the file holds")
+    refuse_unsafe_values(state, path, error)
     return state
 
 
-def overlapping_tensor(value, name="state"):
-    """The name of the first tensor in nested dicts and lists that has more elements than its storage holds
-    (a view with stride 0, as torch.expand makes: a small file that unfolds into gigabytes), or None."""
-    if isinstance(value, torch.Tensor):
-        return name if value.numel() * value.element_size() > value.untyped_storage().nbytes() else None
-    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else ()
-    for key, item in items:
-        found = overlapping_tensor(item, f"{name}[{key!r}]" if name != "state" else str(key))
-        if found is not None:
-            return found
-    return None
+def unpacked_size(path, error):
+    """The bytes the entries of torch.save's zip archive unpack to, as the archive's directory says, read before
+    any entry is unpacked (a deflated entry of zeros unpacks to a thousand times its size). 0 for a file that
+    is not a zip archive (torch's old format, or no checkpoint at all: torch.load says which)."""
+    try:
+        if not zipfile.is_zipfile(path):
+            return 0
+        with zipfile.ZipFile(path) as archive:
+            return sum(entry.file_size for entry in archive.infolist())
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError):
+        raise error(f"{path}: damaged or truncated, its zip directory cannot be read") from None
+
+
+def refuse_unsafe_values(state, path, error):
+    """Refuse, as `error` naming `path`, values nested more than MAX_DEPTH levels deep, or a tensor that has more
+    elements than its storage holds (a view with stride 0, as torch.expand makes: a small file that unfolds into
+    gigabytes when copied). Each value is visited once, however often it is shared: 40 levels of a list that
+    holds the next list twice make 2^40 paths but 41 lists."""
+    seen, stack = set(), [(state, 0, ())]  # (value, depth, the keys that lead to it)
+    while stack:
+        value, depth, keys = stack.pop()
+        if id(value) in seen:
+            continue
+        seen.add(id(value))
+        if depth > MAX_DEPTH:
+            raise error(f"{path}: refused: its values are nested more than {MAX_DEPTH} levels deep")
+        if isinstance(value, torch.Tensor) and value.numel() * value.element_size() > value.untyped_storage().nbytes():
+            raise error(f"{path}: refused: tensor {spelled(keys)} reuses its stored values (a stride of 0), so "
+                        "copying it could take far more memory than the file holds")
+        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else ()
+        stack += reversed([(item, depth + 1, (keys, key)) for key, item in items])  # the first child is next
+
+
+def spelled(keys):
+    """The keys that lead to a value, linked as ((((), a), b), c) by refuse_unsafe_values, as Python spells the
+    lookup: a['b']['c']."""
+    path = []
+    while keys:
+        keys, key = keys
+        path.append(key)
+    first, *rest = reversed(path)
+    return str(first)[:80] + "".join(f"[{key!r:.80}]" for key in rest)
 
 
 def load_safetensors(path, error=CheckpointError):

@@ -2,12 +2,14 @@
 request. Each is refused in one line naming the file, before the memory it asks for is allocated: the
 loads that could allocate run in a child process whose peak memory is measured."""
 
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
 import textwrap
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -176,3 +178,67 @@ def test_no_single_hostile_value_in_config_json_gives_a_traceback(shapes_model, 
 @pytest.fixture
 def scene_image():
     return Image.new("RGB", (40, 30), (200, 40, 40))
+
+
+def captioner_checkpoint(path, **values):
+    """A checkpoint.pt with the keys a captioner checkpoint has, `values` in place of some; returns path."""
+    torch.save({"model": {"w": torch.zeros(2)}, "model_config": {}, "tokenizer": {}, "preprocess": {}} | values, path)
+    return path
+
+
+def rezipped(path, entries, deflated=()):
+    """Rewrite the zip archive torch.save made at `path`: entries {name inside the archive: bytes, or a function
+    that writes them to a file} replace those entries; those named in `deflated` are compressed."""
+    original = path.read_bytes()
+    with zipfile.ZipFile(io.BytesIO(original)) as old, zipfile.ZipFile(path, "w") as new:
+        for entry in old.infolist():
+            name = entry.filename.split("/", 1)[1]  # after the archive's own folder
+            info = zipfile.ZipInfo(entry.filename)
+            info.compress_type = zipfile.ZIP_DEFLATED if name in deflated else zipfile.ZIP_STORED
+            with new.open(info, "w", force_zip64=True) as f:
+                content = entries.get(name, old.read(entry))
+                content(f) if callable(content) else f.write(content)
+    return path
+
+
+@pytest.mark.parametrize("levels, refusal", [(30, " (model_config): missing field 'decoder'"),
+                                             (40, ": refused: its values are nested more than 32 levels deep")])
+def test_a_checkpoint_of_lists_that_share_lists_is_walked_once(tmp_path, levels, refusal):
+    """1.6 kB: 40 levels of a list that holds the next list twice, so 2^40 paths lead to its one tensor. The
+    check for overlapping tensors walked every path (generate.py, serve.py and --resume spun at 100% CPU); now
+    it visits each list once (30 levels: the file is refused later, for its config), and no deeper than 32."""
+    shared = [torch.zeros(1)]
+    for _ in range(levels):
+        shared = [shared, shared]
+    path = captioner_checkpoint(tmp_path / "checkpoint.pt", model=shared)
+    assert os.path.getsize(path) < 2000
+    line, _ = load_in_child(path, timeout=30)
+    assert line == f"refused: {path}{refusal}", line
+
+
+def test_a_checkpoint_nested_50000_deep_is_refused_in_one_line(tmp_path):
+    """Lists in lists, 50,000 deep (written as pickle opcodes: torch.save itself would overflow the stack). The
+    weights-only reader builds it without recursing; the tensor check that recursed ended in a RecursionError."""
+    depth = 50_000
+    nested = b"\x80\x02" + b"]" * depth + b"a" * (depth - 1) + b"."  # PROTO 2, EMPTY_LIST..., APPEND..., STOP
+    path = rezipped(captioner_checkpoint(tmp_path / "checkpoint.pt"), {"data.pkl": nested})
+    with pytest.raises(CheckpointError) as error:
+        Captioner.from_pretrained(path)
+    assert str(error.value) == f"{path}: refused: its values are nested more than 32 levels deep", str(error.value)
+
+
+def test_a_checkpoint_whose_entry_unpacks_to_far_more_than_the_file_is_refused_before_unpacking(tmp_path):
+    """A 0.26 MB archive whose one deflated entry unpacks to 256 MB of zeros: torch.load unpacked it all before
+    finding it damaged. The zip's own directory says each entry's size, and it is read first."""
+    small = captioner_checkpoint(tmp_path / "small.pt", model=[])
+    _, peak_of_a_refusal = load_in_child(small)
+
+    def zeros(f):
+        for _ in range(256):
+            f.write(bytes(2**20))
+
+    path = rezipped(captioner_checkpoint(tmp_path / "checkpoint.pt"), {"data/0": zeros}, deflated={"data/0"})
+    assert os.path.getsize(path) < 300_000
+    line, peak = load_in_child(path)
+    assert line.startswith(f"refused: {path}: refused: its entries unpack to 268,435,"), line
+    assert "\n" not in line and peak < peak_of_a_refusal + 0.1, (line, peak, peak_of_a_refusal)
