@@ -164,7 +164,23 @@ def load_checkpoint(path):
     missing = {"model", "model_config", "tokenizer", "preprocess"} - set(state if isinstance(state, dict) else ())
     if missing:
         raise CheckpointError(f"{path}: not a captioner checkpoint (it lacks {', '.join(sorted(missing))})")
+    usable_weights(state["model"], path)  # for generate.py, the server and --resume alike
     return state
+
+
+def usable_weights(weights, where, error=CheckpointError):
+    """`weights` if they are a dict of tensors a model can caption with, else `error` naming `where`: integers or
+    booleans (load_state_dict would cast them to floats without a word: an int8 file captions "square square
+    ...") and values that are not finite (NaN weights caption "" greedily, and sampling fails every time)."""
+    if not isinstance(weights, dict) or not all(isinstance(t, torch.Tensor) for t in weights.values()):
+        raise error(f"{where}: the weights are not a dict of tensors")
+    for name, t in weights.items():
+        if not t.is_floating_point():
+            raise error(f"{where}: refused: {name} holds {t.dtype} numbers, where the model's weights are floating-point")
+        total = t.sum(dtype=torch.float64)  # NaN or infinity if any value is; a sum of float32s never overflows it
+        if not torch.isfinite(total):
+            raise error(f"{where}: refused: {name} holds values that are not finite (NaN or infinity)")
+    return weights
 
 
 def model_config(config_dict, where):
@@ -240,7 +256,8 @@ def load_model_folder(folder, device="cpu"):
         raise CheckpointError(f"{weights_path}: missing; a model folder holds {CONFIG_FILE} and {WEIGHTS_FILE}")
     model_cfg = model_config(config["model"], where)
     check_fits(model_cfg, safetensors_shapes(weights_path), where, weights_path)  # the header alone, before reading
-    model = built(model_cfg, load_safetensors(weights_path))  # safetensors gives the tensors the header described
+    weights = usable_weights(load_safetensors(weights_path), weights_path)  # the tensors the header described
+    model = built(model_cfg, weights)
     return model.to(device).eval(), config
 
 
