@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from captioner.cli import add_compile_flag, add_device_flag, load_captioner
 from captioner.untrusted import for_terminal, from_cell
-from data.captions import csv_rows, decode_utf8, image_id, parse_json, read_captions
+from data.captions import csv_rows, decode_utf8, image_id, image_path, parse_json, read_captions
 from data.images import load_images
 from metrics import score_captions
 from metrics.java import java_scores
@@ -108,9 +108,13 @@ BATCH = 32  # images read and captioned at a time: a folder of thousands never s
 def caption_with_model(args, names):
     """{image file name: caption} of the named images in --images, captioned by --model."""
     captioner = load_captioner(args.model, args.device, dtype=args.dtype, compile=args.compile)
+    outside = [name for name in names if image_path(args.images, name) is None]
+    for name in outside:
+        print(f"skipped {name}: not a name inside {args.images}", file=sys.stderr)
+    names = [name for name in names if name not in outside]
     captions = {}
     for start in tqdm(range(0, len(names), BATCH), desc="captioning", unit="batch", disable=len(names) <= BATCH):
-        loaded, errors = load_images([Path(args.images) / name for name in names[start : start + BATCH]])
+        loaded, errors = load_images([image_path(args.images, name) for name in names[start : start + BATCH]])
         for error in errors:
             tqdm.write(f"skipped {error}", file=sys.stderr)
         texts = captioner.caption([picture for _, picture in loaded], beam=args.beam) if loaded else []
@@ -126,7 +130,10 @@ def clip_scores_of(args, names, candidates, references):
     if not args.images:
         raise SystemExit("error: --clipscore needs --images FOLDER: it compares each caption with its image")
     name, _, weights = args.clipscore.partition(":")
-    loaded, errors = load_images([Path(args.images) / n for n in names])
+    outside = [n for n in names if image_path(args.images, n) is None]
+    if outside:
+        raise SystemExit(f"error: --clipscore needs every scored image; {outside[0]}: not a name inside {args.images}")
+    loaded, errors = load_images([image_path(args.images, n) for n in names])
     if errors:
         raise SystemExit(f"error: --clipscore needs every scored image; {errors[0]}")
     return clip_scores([picture for _, picture in loaded], candidates, references, name,

@@ -24,8 +24,8 @@ import os
 from pathlib import Path
 
 from captioner.flags import add_dataclass_flags, field_comments, field_sections, shown
-from model.checkpoint import read_json
 from model.errors import CaptionerError
+from model.files import read_json
 from training import train
 from training.config import DERIVED, PRESETS, TrainConfig, config_with
 from training.evaluation import BEST_METRICS

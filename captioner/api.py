@@ -22,7 +22,8 @@ from PIL import Image
 from data.images import image_transform, load_image, to_rgb
 from data.regions import RegionError, fit_box, mask_region, parse_box, region_patch_mask
 from data.tokenizer import tokenizer_from_dict
-from model.checkpoint import CheckpointError, load_model, read_json, save_model_folder
+from model.checkpoint import CheckpointError, load_model, save_model_folder
+from model.files import read_json
 from model.rollout import attention_rollout
 from model.sampling import DecodingOptions
 

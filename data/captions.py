@@ -10,7 +10,8 @@ Formats, recognised from the content:
              file_name,text[,split] or {"file_name": ..., "text": ..., "split": ...} per line
              ("caption" is read where there is no "text"; without a split column: a seeded random split)
 COCO Karpathy files name each image by its "filepath" and "filename" (train2014/COCO_train2014_...jpg), so
---images is the folder that holds train2014/ and val2014/.
+--images is the folder that holds train2014/ and val2014/. A name that would leave --images (an absolute path,
+a '..') is never read: it counts as missing.
 Errors name the file and the line, in one sentence.
 """
 
@@ -20,7 +21,7 @@ import json
 import random
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from model.errors import CaptionerError
 
@@ -246,14 +247,24 @@ def random_splits(names, val_fraction, test_fraction, seed):
     return splits
 
 
+def image_path(folder, name):
+    """folder / name for an image a caption file names, in a subfolder or not (COCO's train2014/...), or None if
+    the name would leave the folder: an absolute path, or a '..' among its parts."""
+    parts = PurePosixPath(name).parts
+    if not parts or parts[0] == "/" or ".." in parts:
+        return None
+    return Path(folder, *parts)
+
+
 def check_images(captions: CaptionSet, folder, skip_missing=False):
-    """Images the captions name but the folder lacks: an error with the count and the first few names,
-    or, with skip_missing, dropped from the set. Returns the number dropped."""
+    """Images the captions name but the folder lacks (a name that would leave the folder, or that is no regular
+    file there, counts as missing): an error with the count and the first few names, or, with skip_missing,
+    dropped from the set. Returns the number dropped."""
     folder = Path(folder)
     if not folder.is_dir():
         raise CaptionFileError(f"{folder}: no such images folder")
-    present = {p.name for p in folder.iterdir()}
-    missing = [name for name in sorted(captions.captions) if name not in present]
+    missing = [name for name in sorted(captions.captions)
+               if image_path(folder, name) is None or not image_path(folder, name).is_file()]
     if missing and not skip_missing:
         raise CaptionFileError(f"{folder}: {len(missing)} of {len(captions.captions)} captioned images are missing "
                                f"(first: {', '.join(missing[:5])}); pass --skip-missing to train without them")

@@ -7,14 +7,16 @@ pair by pair in the order merges.txt ranks them. The pattern needs Unicode lette
 which Python's `re` lacks; `regex` (already required by open_clip's tokenizer) has them.
 """
 
-import json
 from functools import lru_cache
 from pathlib import Path
 
 import regex
 
+from model.files import read_json, read_text
+
 WORDS = regex.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""")
 END_OF_TEXT = "<|endoftext|>"
+MAX_FILE_BYTES = 16 * 2**20  # vocab.json or merges.txt: GPT-2's are 1 MB and 0.5 MB; a 16 MB merges.txt takes 1.2 GB
 
 
 @lru_cache
@@ -48,17 +50,14 @@ class GPT2Tokenizer:
     @classmethod
     def from_folder(cls, folder, end=END_OF_TEXT):
         """vocab.json and merges.txt of a Hugging Face GPT-2 folder; ValueError naming the file if one is
-        missing or malformed."""
+        missing, malformed, or not a regular file of sane size (model/files.py)."""
         folder = Path(folder)
         vocab_path, merges_path = folder / "vocab.json", folder / "merges.txt"
         for path in (vocab_path, merges_path):
             if not path.exists():
                 raise ValueError(f"{path} does not exist: the GPT-2 tokenizer needs vocab.json and merges.txt")
-        try:
-            vocab = json.loads(vocab_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{vocab_path}: not JSON ({e})") from None
-        lines = [line for line in merges_path.read_text(encoding="utf-8").splitlines()
+        vocab = read_json(vocab_path, max_bytes=MAX_FILE_BYTES, what="a tokenizer's vocabulary")
+        lines = [line for line in read_text(merges_path, MAX_FILE_BYTES, "a tokenizer's merges").splitlines()
                  if line and not line.startswith("#version")]
         merges = [line.split(" ") for line in lines]
         bad = next((n for n, m in enumerate(merges, 1) if len(m) != 2), None)
@@ -66,6 +65,9 @@ class GPT2Tokenizer:
             raise ValueError(f"{merges_path}: merge {bad} is not two pieces separated by one space: {lines[bad - 1]!r}")
         if not isinstance(vocab, dict) or END_OF_TEXT not in vocab:
             raise ValueError(f"{vocab_path}: not a GPT-2 vocabulary (no {END_OF_TEXT} token)")
+        ids = {i for i in vocab.values() if type(i) is int}  # bool is an int, but not an id
+        if len(ids) != len(vocab) or ids != set(range(len(vocab))):
+            raise ValueError(f"{vocab_path}: its ids are not the numbers 0 to {len(vocab) - 1}, each once")
         if end not in vocab:
             raise ValueError(f"{vocab_path}: has no {end!r} token to end captions with")
         return cls(vocab, merges, end)

@@ -13,7 +13,7 @@ a checkpoint someone handed you runs none of their code.
 import json
 import os
 import pickle
-import stat
+import zipfile
 from pathlib import Path
 
 import torch
@@ -22,11 +22,11 @@ from safetensors.torch import load_file, save_file
 
 from model.caption_model import CaptionModel, CaptionModelConfig
 from model.errors import CaptionerError
+from model.files import read_json, regular_file
 
 MODEL_FORMAT = "captioner-model"  # config.json's "format", so a foreign JSON file is recognised as such
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 CONFIG_KEYS = {"format", "version", "model", "tokenizer", "preprocess"}
-MAX_JSON_BYTES = 64 * 2**20  # a config is a few kB and a tokenizer's vocabulary about 1 MB
 
 
 class CheckpointError(CaptionerError):
@@ -48,50 +48,71 @@ def save_checkpoint(path, state):
     replace_atomically(path, lambda tmp: torch.save(state, tmp))
 
 
-def regular_file(path, error=CheckpointError):
-    """`path` if it is a regular file (links followed). A folder, a named pipe (reading it waits forever) or a
-    device such as /dev/zero (reading it never ends) is `error`, naming it; so is a path that does not exist."""
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        raise error(f"{path}: no such file") from None
-    except OSError as e:
-        raise error(f"{path}: cannot be read ({e.strerror})") from None
-    if not stat.S_ISREG(mode):
-        kind = ("a folder" if stat.S_ISDIR(mode) else "a named pipe" if stat.S_ISFIFO(mode)
-                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a special file")
-        raise error(f"{path}: {kind}, not a regular file")
-    return path
+MAX_DEPTH = 32  # a checkpoint's deepest value is 5 levels down: optimizer, "param_groups", 0, "betas", 0
+MAX_UNPACKED = 4  # torch.save stores its zip entries uncompressed: they unpack to no more than the file's size
 
 
 def load_weights_only(path, error=CheckpointError, hint=""):
     """torch.load(path, weights_only=True): tensors and plain values only, so no code in the file runs.
-    Any failure is raised as `error`, one sentence naming the file (`hint` is added to a refusal)."""
+    Any failure is raised as `error`, one sentence naming the file (`hint` is added to a refusal). A file
+    that would unpack to far more than it holds, or whose values nest too deep, is refused before it costs more."""
     regular_file(path, error)
+    unpacked = unpacked_size(path, error)
+    if unpacked > MAX_UNPACKED * os.path.getsize(path) + 2**20:
+        raise error(f"{path}: refused: its entries unpack to {unpacked:,} bytes, {unpacked // os.path.getsize(path):,} "
+                    "times the file's size (torch.save stores them uncompressed)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:  # the weights-only reader met something other than tensors and plain values
         raise error(f"{path}: refused: it holds Python objects that could run code when loaded{hint}") from None
     except Exception as e:  # torch raises several types for a cut-off or foreign file
         raise error(f"{path}: damaged or truncated, torch.load failed ({type(e).__name__})") from None
-    name = overlapping_tensor(state)
-    if name is not None:
-        raise error(f"{path}: refused: tensor {name} reuses its stored values (a stride of 0), so copying it "
-                    "could take far more memory than the file holds")
+    refuse_unsafe_values(state, path, error)
     return state
 
 
-def overlapping_tensor(value, name="state"):
-    """The name of the first tensor in nested dicts and lists that has more elements than its storage holds
-    (a view with stride 0, as torch.expand makes: a small file that unfolds into gigabytes), or None."""
-    if isinstance(value, torch.Tensor):
-        return name if value.numel() * value.element_size() > value.untyped_storage().nbytes() else None
-    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else ()
-    for key, item in items:
-        found = overlapping_tensor(item, f"{name}[{key!r}]" if name != "state" else str(key))
-        if found is not None:
-            return found
-    return None
+def unpacked_size(path, error):
+    """The bytes the entries of torch.save's zip archive unpack to, as the archive's directory says, read before
+    any entry is unpacked (a deflated entry of zeros unpacks to a thousand times its size). 0 for a file that
+    is not a zip archive (torch's old format, or no checkpoint at all: torch.load says which)."""
+    try:
+        if not zipfile.is_zipfile(path):
+            return 0
+        with zipfile.ZipFile(path) as archive:
+            return sum(entry.file_size for entry in archive.infolist())
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError):
+        raise error(f"{path}: damaged or truncated, its zip directory cannot be read") from None
+
+
+def refuse_unsafe_values(state, path, error):
+    """Refuse, as `error` naming `path`, values nested more than MAX_DEPTH levels deep, or a tensor that has more
+    elements than its storage holds (a view with stride 0, as torch.expand makes: a small file that unfolds into
+    gigabytes when copied). Each value is visited once, however often it is shared: 40 levels of a list that
+    holds the next list twice make 2^40 paths but 41 lists."""
+    seen, stack = set(), [(state, 0, ())]  # (value, depth, the keys that lead to it)
+    while stack:
+        value, depth, keys = stack.pop()
+        if id(value) in seen:
+            continue
+        seen.add(id(value))
+        if depth > MAX_DEPTH:
+            raise error(f"{path}: refused: its values are nested more than {MAX_DEPTH} levels deep")
+        if isinstance(value, torch.Tensor) and value.numel() * value.element_size() > value.untyped_storage().nbytes():
+            raise error(f"{path}: refused: tensor {spelled(keys)} reuses its stored values (a stride of 0), so "
+                        "copying it could take far more memory than the file holds")
+        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else ()
+        stack += reversed([(item, depth + 1, (keys, key)) for key, item in items])  # the first child is next
+
+
+def spelled(keys):
+    """The keys that lead to a value, linked as ((((), a), b), c) by refuse_unsafe_values, as Python spells the
+    lookup: a['b']['c']."""
+    path = []
+    while keys:
+        keys, key = keys
+        path.append(key)
+    first, *rest = reversed(path)
+    return str(first)[:80] + "".join(f"[{key!r:.80}]" for key in rest)
 
 
 def load_safetensors(path, error=CheckpointError):
@@ -111,17 +132,6 @@ def safetensors_shapes(path, error=CheckpointError):
             return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
         raise error(f"{path}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
-
-
-def read_json(path, error=CheckpointError):
-    """A JSON file as Python values; one that is not JSON, or not a regular file of sane size, is `error`."""
-    size = os.stat(regular_file(path, error)).st_size
-    if size > MAX_JSON_BYTES:
-        raise error(f"{path}: {size:,} bytes is more than a JSON file of a model holds ({MAX_JSON_BYTES:,} at most)")
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise error(f"{path}: not valid JSON ({str(e)[:100]})") from None
 
 
 def meta_shapes(build):
@@ -154,7 +164,23 @@ def load_checkpoint(path):
     missing = {"model", "model_config", "tokenizer", "preprocess"} - set(state if isinstance(state, dict) else ())
     if missing:
         raise CheckpointError(f"{path}: not a captioner checkpoint (it lacks {', '.join(sorted(missing))})")
+    usable_weights(state["model"], path)  # for generate.py, the server and --resume alike
     return state
+
+
+def usable_weights(weights, where, error=CheckpointError):
+    """`weights` if they are a dict of tensors a model can caption with, else `error` naming `where`: integers or
+    booleans (load_state_dict would cast them to floats without a word: an int8 file captions "square square
+    ...") and values that are not finite (NaN weights caption "" greedily, and sampling fails every time)."""
+    if not isinstance(weights, dict) or not all(isinstance(t, torch.Tensor) for t in weights.values()):
+        raise error(f"{where}: the weights are not a dict of tensors")
+    for name, t in weights.items():
+        if not t.is_floating_point():
+            raise error(f"{where}: refused: {name} holds {t.dtype} numbers, where the model's weights are floating-point")
+        total = t.sum(dtype=torch.float64)  # NaN or infinity if any value is; a sum of float32s never overflows it
+        if not torch.isfinite(total):
+            raise error(f"{where}: refused: {name} holds values that are not finite (NaN or infinity)")
+    return weights
 
 
 def model_config(config_dict, where):
@@ -209,7 +235,7 @@ def read_model_config(folder):
     path = Path(folder) / CONFIG_FILE
     if not path.exists():
         raise CheckpointError(f"{path}: missing; a model folder holds {CONFIG_FILE} and {WEIGHTS_FILE}")
-    config = read_json(path)
+    config = read_json(path, CheckpointError)
     if not isinstance(config, dict) or config.get("format") != MODEL_FORMAT:
         raise CheckpointError(f"{path}: not a captioner model config (its \"format\" is not {MODEL_FORMAT!r})")
     unknown, missing = sorted(set(config) - CONFIG_KEYS), sorted(CONFIG_KEYS - set(config))
@@ -230,7 +256,8 @@ def load_model_folder(folder, device="cpu"):
         raise CheckpointError(f"{weights_path}: missing; a model folder holds {CONFIG_FILE} and {WEIGHTS_FILE}")
     model_cfg = model_config(config["model"], where)
     check_fits(model_cfg, safetensors_shapes(weights_path), where, weights_path)  # the header alone, before reading
-    model = built(model_cfg, load_safetensors(weights_path))  # safetensors gives the tensors the header described
+    weights = usable_weights(load_safetensors(weights_path), weights_path)  # the tensors the header described
+    model = built(model_cfg, weights)
     return model.to(device).eval(), config
 
 

@@ -3,7 +3,7 @@ a caption file, an image), a region or an option out of range. Its message is on
 file or the value. The commands print it as one line and stop; the server answers it with a 4xx.
 
 It lives in model/ because model/ is the bottom of the project (it needs only torch); data/ imports this
-module and nothing else of model/."""
+module and model/files.py (which reads files within bounds) and nothing else of model/."""
 
 
 class CaptionerError(ValueError):

@@ -14,8 +14,16 @@ from pathlib import Path
 import torch
 
 from model.caption_model import CaptionModel, CaptionModelConfig, build_decoder
-from model.checkpoint import CheckpointError, load_safetensors, load_weights_only, meta_shapes, read_json, shape_difference
+from model.checkpoint import (
+    CheckpointError,
+    load_safetensors,
+    load_weights_only,
+    meta_shapes,
+    shape_difference,
+    usable_weights,
+)
 from model.decoder import DecoderConfig
+from model.files import read_json
 from model.vit import ViTConfig, VisionTransformer
 
 
@@ -61,7 +69,9 @@ def config_of(kind, where, **fields):
 
 def fits(build, state_dict, where, strict=True):
     """Refuse weights whose names or shapes differ from the module build() makes, in one line naming `where`,
-    before the module is allocated (it is built on the meta device to compare)."""
+    before the module is allocated (it is built on the meta device to compare), and weights it could not
+    caption with (integers, NaN: model/checkpoint.py's usable_weights)."""
+    usable_weights(state_dict, where, HuggingFaceError)
     problem = shape_difference(meta_shapes(build), {k: v.shape for k, v in state_dict.items()}, strict)
     if problem:
         raise HuggingFaceError(f"{where}: the weights do not fit the config: {problem}")

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 
 import pytest
 
@@ -186,3 +187,28 @@ def test_coco_karpathy_filepath_is_part_of_the_name(tmp_path):
     assert captions.captions == {"val2014/COCO_val2014_000000000042.jpg": ["A cat."],
                                  "train2014/COCO_train2014_000000000009.jpg": ["A dog."]}
     assert captions.splits["train2014/COCO_train2014_000000000009.jpg"] == "train"
+
+
+def test_images_in_subfolders_are_found_and_names_that_leave_the_folder_are_not(tmp_path):
+    """COCO's layout: --images holds train2014/ and val2014/, and the Karpathy file's filepath names the
+    subfolder (every such image was 'missing'). A name that would leave --images is missing, though the
+    file it points at exists."""
+    folder = tmp_path / "images"
+    (folder / "train2014").mkdir(parents=True)
+    (folder / "train2014" / "COCO_train2014_000000000009.jpg").write_bytes(b"")
+    (folder / "flat.jpg").write_bytes(b"")
+    (tmp_path / "secret.jpg").write_bytes(b"")  # beside the images folder, not in it
+    os.mkfifo(folder / "train2014" / "pipe.jpg")  # a name in the folder that is no file
+    images = [{"filepath": "train2014", "filename": "COCO_train2014_000000000009.jpg"},
+              {"filename": "flat.jpg"},
+              {"filepath": "..", "filename": "secret.jpg"},
+              {"filepath": "train2014/../..", "filename": "secret.jpg"},
+              {"filepath": str(tmp_path), "filename": "secret.jpg"},
+              {"filepath": "train2014", "filename": "pipe.jpg"}]
+    path = write(tmp_path, "dataset_coco.json", json.dumps({"images": [
+        dict(image, split="train", sentences=[{"raw": "A dog."}]) for image in images]}))
+    with pytest.raises(CaptionFileError, match=r"images: 4 of 6 captioned images are missing \(first: \.\./secret"):
+        check_images(read_captions(path), folder)
+    captions = read_captions(path)
+    assert check_images(captions, folder, skip_missing=True) == 4
+    assert sorted(captions.captions) == ["flat.jpg", "train2014/COCO_train2014_000000000009.jpg"]

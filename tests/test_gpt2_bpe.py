@@ -59,5 +59,5 @@ def test_missing_or_malformed_tokenizer_files_get_one_line(folder, tmp_path):
     with pytest.raises(ValueError, match=r"merges.txt: merge 2 is not two pieces separated by one space"):
         GPT2Tokenizer.from_folder(tmp_path)
     (tmp_path / "vocab.json").write_text("{not json")
-    with pytest.raises(ValueError, match=r"vocab.json: not JSON"):
+    with pytest.raises(ValueError, match=r"vocab.json, line 1: not valid JSON"):
         GPT2Tokenizer.from_folder(tmp_path)

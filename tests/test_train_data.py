@@ -183,3 +183,54 @@ def test_tensorboard_missing_is_one_line(tmp_path, monkeypatch, capsys):
                         if name.startswith("torch.utils.tensorboard") else real_import(name, *a, **k))
     run(tmp_path, "none", "--tensorboard", "--stop-after", "2")
     assert "warning: --tensorboard needs `pip install tensorboard`; logging to metrics.jsonl only" in capsys.readouterr().out
+
+
+def coco_layout(tmp_path):
+    """README's COCO layout, small: images/train2014/ and images/val2014/ with COCO's file names, and a Karpathy
+    dataset_coco.json naming each by filepath and filename; one more entry names a photo outside images/."""
+    colours = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}
+    entries = []
+    for i in range(12):
+        colour, part = list(colours)[i % 3], "train2014" if i < 9 else "val2014"
+        (tmp_path / "images" / part).mkdir(parents=True, exist_ok=True)
+        name = f"COCO_{part}_{i:012d}.jpg"
+        Image.new("RGB", (40, 30), colours[colour]).save(tmp_path / "images" / part / name)
+        entries.append({"filepath": part, "filename": name, "split": "train" if i < 9 else "val",
+                        "sentences": [{"raw": f"A {colour} picture."}]})
+    Image.new("RGB", (40, 30), (0, 0, 0)).save(tmp_path / "outside.jpg")
+    entries.append({"filepath": "..", "filename": "outside.jpg", "split": "train", "sentences": [{"raw": "Out."}]})
+    (tmp_path / "dataset_coco.json").write_text(json.dumps({"images": entries, "dataset": "coco"}))
+    return tmp_path / "images", tmp_path / "dataset_coco.json"
+
+
+def test_train_and_evaluate_read_cocos_subfolders(tmp_path, capsys):
+    """Every image was 'missing' ("13 of 13 captioned images are missing"): only the folder's own entries
+    were looked at. The name that leaves images/ stays missing, though its file exists."""
+    import evaluate
+
+    images, captions = coco_layout(tmp_path)
+    assert "1 of 13 captioned images are missing (first: ../outside.jpg)" in one_line_error(
+        tmp_path, "--data", str(captions), "--images", str(images))
+    run(tmp_path, "coco", "--data", str(captions), "--images", str(images), "--skip-missing", "--epochs", "1",
+        "--batch-size", "6")
+    assert f"skipping 1 captioned images missing from {images}" in capsys.readouterr().out
+    scores = evaluate.main([str(captions), "--model", str(tmp_path / "coco" / "model"), "--images", str(images),
+                            "--split", "val", "--no-java"])
+    assert "3 images" in capsys.readouterr().out and set(scores) >= {"BLEU-4", "CIDEr-D"}
+    evaluate.main([str(captions), "--model", str(tmp_path / "coco" / "model"), "--images", str(images), "--no-java"])
+    shown = capsys.readouterr()
+    assert "12 images" in shown.out and f"skipped ../outside.jpg: not a name inside {images}" in shown.err
+
+
+def test_train_and_evaluate_read_an_imagefolder_with_subfolders(tmp_path, capsys):
+    """metadata.csv naming sub/x.png, as Hugging Face's imagefolder allows."""
+    import evaluate
+
+    images, _ = coco_layout(tmp_path)
+    rows = [f"{part.name}/{p.name},A picture.,{'train' if part.name == 'train2014' else 'validation'}\n"
+            for part in sorted(images.iterdir()) for p in sorted(part.iterdir())]
+    (images / "metadata.csv").write_text("file_name,text,split\n" + "".join(rows))
+    run(tmp_path, "folder", "--data", str(images / "metadata.csv"), "--epochs", "1", "--batch-size", "6")
+    scores = evaluate.main([str(images / "metadata.csv"), "--model", str(tmp_path / "folder" / "model"),
+                            "--images", str(images), "--split", "val", "--no-java"])
+    assert "3 images" in capsys.readouterr().out and set(scores) >= {"BLEU-4", "CIDEr-D"}
