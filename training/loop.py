@@ -1,7 +1,6 @@
 """The training loop: steps with a warm-up then cosine learning rate, validation and the best model at each
 epoch's end, metrics.jsonl and the checkpoint as it goes."""
 
-import json
 import math
 import time
 
@@ -14,7 +13,7 @@ from data.batches import epoch_batches
 from data.sources import get_batch
 from model.checkpoint import save_checkpoint
 from training.evaluation import BEST_METRICS, is_better, validate
-from training.run_files import checkpoint_state
+from training.run_files import append_record, checkpoint_state
 from training.step import train_step
 
 
@@ -129,8 +128,7 @@ def show_samples(run, count=4):
 def log_and_checkpoint(run, record, due):
     """Append the step's record to metrics.jsonl; write the checkpoint when `due`, every --checkpoint-every
     steps and at the last step."""
-    with open(run.log_path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    append_record(run.log_path, record)
     if run.board is not None:
         for name, value in record.items():
             if name not in ("step", "epoch", "best") and isinstance(value, (int, float)):

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from model.checkpoint import write_error
+
 
 def checkpoint_state(model, optimizer, scaler, config, tokenizer, step, preprocess, best):
     return {
@@ -23,6 +25,19 @@ def checkpoint_state(model, optimizer, scaler, config, tokenizer, step, preproce
         "rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
+
+
+def append_record(log_path, record):
+    """Add one line to metrics.jsonl. A write that fails (a full disk) takes back what it wrote of the line and is
+    one WriteError naming the file: the records before it stay as they were."""
+    with open(log_path, "a", encoding="utf-8") as f:
+        size = f.tell()
+        try:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+        except OSError as e:
+            f.truncate(size)
+            raise write_error(log_path, e) from None
 
 
 def read_metrics(log_path):

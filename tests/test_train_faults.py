@@ -1,0 +1,105 @@
+"""Training faults leave a run that resumes cleanly (issue 34, points 7, 8, 15 and 17): a full disk, two runs into one
+--out, a kill between checkpoints, Ctrl-C, and the CLIP weights asked for without a network."""
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import train
+import training.run_files
+from test_train import TINY
+from training.run_files import read_metrics
+
+
+def run(out, *extra):
+    return train.main(TINY + ["--out", str(out), *extra])
+
+
+def one_line_error(excinfo):
+    message = str(excinfo.value.code)
+    assert message.startswith("error: ") and "\n" not in message, message
+    return message
+
+
+# ----------------------------------------------------------------------------------------------
+# 7. A full disk
+
+
+def full_disk(real_write, fail):
+    """A writer that writes part of its file, then fails as a full disk does: `fail` is the error raised."""
+    def write(obj, path, *args, **kwargs):
+        Path(path).write_bytes(b"\0" * 1000)
+        raise fail
+    return write
+
+
+TORCH_FULL = RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 8832 vs 8728")
+
+
+@pytest.mark.parametrize("fail", [OSError(errno.ENOSPC, "No space left on device"), TORCH_FULL], ids=["ENOSPC", "torch"])
+def test_a_full_disk_during_a_checkpoint_says_so_and_leaves_the_old_checkpoint_to_resume(tmp_path, monkeypatch, fail):
+    out = tmp_path / "run"
+    run(out, "--stop-after", "3")
+    before = (out / "checkpoint.pt").read_bytes()
+    monkeypatch.setattr(torch, "save", full_disk(torch.save, fail))
+    with pytest.raises(SystemExit) as excinfo:
+        train.main(["--out", str(out), "--resume", "--stop-after", "6"])
+    message = one_line_error(excinfo)
+    assert str(out / "checkpoint.pt") in message and "untouched" in message, message
+    assert ("disk is full" if isinstance(fail, OSError) else "unexpected pos") in message, message
+    assert (out / "checkpoint.pt").read_bytes() == before
+    assert not list(out.glob("*.tmp"))
+    monkeypatch.undo()
+    train.main(["--out", str(out), "--resume", "--stop-after", "6"])
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 6
+
+
+def test_a_full_disk_writing_train_config_or_metrics_says_so_and_keeps_the_old_file(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    run(out, "--stop-after", "3")
+    config, metrics = (out / "train_config.json").read_bytes(), (out / "metrics.jsonl").read_bytes()
+    real_write_text = Path.write_text
+
+    def write_text(self, text, *args, **kwargs):
+        real_write_text(self, text[:10], *args, **kwargs)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", write_text)
+    with pytest.raises(SystemExit) as excinfo:
+        train.main(["--out", str(out), "--resume", "--stop-after", "6"])
+    assert "train_config.json: not written: the disk is full" in one_line_error(excinfo)
+    assert (out / "train_config.json").read_bytes() == config and not list(out.glob("*.tmp"))
+    monkeypatch.undo()
+
+    class FullFile:  # a metrics.jsonl that takes half of a line, then finds the disk full
+        def __init__(self, path, mode, **kwargs):
+            self.f = open(path, mode, **kwargs)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def tell(self):
+            return self.f.tell()
+
+        def truncate(self, size):
+            return self.f.truncate(size)
+
+        def write(self, text):
+            self.f.write(text[: len(text) // 2])
+            self.f.flush()
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def flush(self):
+            self.f.flush()
+
+    monkeypatch.setattr(training.run_files, "open", FullFile, raising=False)
+    with pytest.raises(SystemExit) as excinfo:
+        train.main(["--out", str(out), "--resume", "--stop-after", "6"])
+    assert "metrics.jsonl: not written: the disk is full" in one_line_error(excinfo)
+    assert (out / "metrics.jsonl").read_bytes() == metrics
