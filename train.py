@@ -8,7 +8,8 @@
 Writes OUT/checkpoint.pt (for --resume), OUT/model/ (config.json + model.safetensors: the model to
 share, caption with and serve), OUT/best/ (the same, for the epoch with the best validation score),
 train_config.json (the run's settings: --config FILE starts another run from them), metrics.jsonl,
-loss_curve.png and metric_curves.png; with --tensorboard, OUT/tensorboard/ for a live view.
+loss_curve.png and metric_curves.png; with --tensorboard, OUT/tensorboard/ for a live view. OUT/.lock is held
+while a run writes to OUT: one run per --out at a time.
 
 Several processes: `torchrun --nproc_per_node N train.py ...` (DistributedDataParallel; each process
 takes its share of every batch, process 0 alone validates, logs and writes files).

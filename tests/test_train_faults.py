@@ -103,3 +103,32 @@ def test_a_full_disk_writing_train_config_or_metrics_says_so_and_keeps_the_old_f
         train.main(["--out", str(out), "--resume", "--stop-after", "6"])
     assert "metrics.jsonl: not written: the disk is full" in one_line_error(excinfo)
     assert (out / "metrics.jsonl").read_bytes() == metrics
+
+
+# ----------------------------------------------------------------------------------------------
+# 8. Two trainings into one --out
+
+
+def test_a_second_training_into_the_same_out_is_refused_in_one_line(tmp_path):
+    import fcntl
+
+    out = tmp_path / "run"
+    run(out, "--stop-after", "3")
+    def files():
+        return {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != ".lock"}
+
+    before = files()
+    with open(out / ".lock", "a+") as held:  # another training holds OUT, as a run holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.truncate(0)
+        held.write("4242\n")
+        held.flush()
+        for again in ([], ["--resume"]):
+            with pytest.raises(SystemExit) as excinfo:
+                run(out, "--stop-after", "6", *again)
+            assert one_line_error(excinfo) == (f"error: another training is writing to {out} (pid 4242); wait for it "
+                                               "or choose another --out")
+    assert files() == before
+    run(out, "--resume", "--stop-after", "6")  # the lock went with its holder; a finished run leaves none held
+    run(out, "--resume", "--stop-after", "7")
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == list(range(1, 8))

@@ -2,13 +2,42 @@
 values, written atomically by model/checkpoint.py, so --resume reads it with torch.load(weights_only=True)),
 metrics.jsonl read back tolerantly, the loss and metric curves, and the optional TensorBoard log."""
 
+import contextlib
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import torch
 
 from model.checkpoint import write_error
+
+
+@contextlib.contextmanager
+def out_lock(out, lead):
+    """Hold OUT/.lock while a run writes to OUT: a second run into the same folder stops in one line naming the
+    first one's process. The lock is the kernel's (flock), so it goes with its process, however that ends. Under
+    torchrun only process 0 (`lead`) writes files, and only it locks."""
+    if not lead:
+        yield
+        return
+    import fcntl  # POSIX; imported here so that the module still imports where it is missing
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.read(fd, 32).decode("ascii", "replace").strip()
+            raise SystemExit(f"error: another training is writing to {out} (pid {pid if pid.isdigit() else '?'}); "
+                             "wait for it or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def checkpoint_state(model, optimizer, scaler, config, tokenizer, step, preprocess, best):
