@@ -132,3 +132,45 @@ def test_a_second_training_into_the_same_out_is_refused_in_one_line(tmp_path):
     run(out, "--resume", "--stop-after", "6")  # the lock went with its holder; a finished run leaves none held
     run(out, "--resume", "--stop-after", "7")
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == list(range(1, 8))
+
+
+# ----------------------------------------------------------------------------------------------
+# 15. Killed between checkpoints, then resumed; Ctrl-C and SIGTERM
+
+
+def test_a_run_killed_between_checkpoints_and_resumed_logs_each_step_once(tmp_path):
+    out = tmp_path / "run"
+    run(out, "--stop-after", "3")  # the checkpoint is at step 3
+    with open(out / "metrics.jsonl", "a") as f:  # steps 4 and 5 logged, then killed halfway through step 6's line
+        f.write('{"step": 4, "epoch": 1, "train_loss": 9.0}\n{"step": 5, "epoch": 1, "train_loss": 9.0}\n{"step": 6, "ep')
+    train.main(["--out", str(out), "--resume", "--stop-after", "9"])  # crosses the first epoch's end, step 8
+    rows = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == list(range(1, 10))
+    assert all(r["train_loss"] != 9.0 for r in rows)  # steps 4 and 5 as the resumed run took them
+    assert [r["step"] for r in rows if "val_loss" in r] == [8]
+
+
+@pytest.mark.parametrize("sig, code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_ctrl_c_or_sigterm_prints_the_resume_command_in_one_line(tmp_path, sig, code):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    child = subprocess.Popen([sys.executable, "train.py", *TINY, "--epochs", "1000", "--out", str(out),
+                              "--checkpoint-every", "1"],
+                             cwd=Path(train.__file__).parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while not (out / "checkpoint.pt").exists() and time.time() < deadline and child.poll() is None:
+            time.sleep(0.2)
+        assert (out / "checkpoint.pt").exists(), child.communicate()
+        child.send_signal(getattr(signal, sig))
+        stdout, stderr = child.communicate(timeout=60)
+    finally:
+        child.kill()
+    assert child.returncode == code, stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    lines = [line for line in stderr.splitlines() if "--resume" in line]
+    assert lines == [f"stopped by {sig}; continue from the last checkpoint with: python train.py --out {out} --resume"]

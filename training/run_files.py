@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from model.checkpoint import write_error
+from model.checkpoint import replace_atomically, write_error
 
 
 @contextlib.contextmanager
@@ -67,6 +67,24 @@ def append_record(log_path, record):
         except OSError as e:
             f.truncate(size)
             raise write_error(log_path, e) from None
+
+
+def keep_records_until(log_path, step):
+    """Rewrite metrics.jsonl (atomically) without the records logged after `step`, a resumed run's checkpoint:
+    a run killed between two checkpoints logged steps that the resumed run takes, and logs, again. A line cut
+    short by the kill goes too (the next record would be appended to it)."""
+    def kept(line):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            return False
+        return not (isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] > step)
+
+    lines = Path(log_path).read_text(encoding="utf-8", errors="replace").splitlines() if Path(log_path).exists() else []
+    keep = [line for line in lines if not line.strip() or kept(line)]
+    if len(keep) < len(lines):
+        replace_atomically(log_path, lambda tmp: tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8"))
+        print(f"{log_path}: left out {len(lines) - len(keep)} records logged after step {step}, the checkpoint's")
 
 
 def read_metrics(log_path):
