@@ -10,7 +10,7 @@ import torch
 
 import train
 import training.run_files
-from test_train import TINY
+from test_train import TINY, photo_folder  # noqa: F401 (a fixture)
 from training.run_files import read_metrics
 
 
@@ -174,3 +174,53 @@ def test_ctrl_c_or_sigterm_prints_the_resume_command_in_one_line(tmp_path, sig, 
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
     lines = [line for line in stderr.splitlines() if "--resume" in line]
     assert lines == [f"stopped by {sig}; continue from the last checkpoint with: python train.py --out {out} --resume"]
+
+
+# ----------------------------------------------------------------------------------------------
+# 17. The flickr30k preset's CLIP weights, without a network
+
+
+def test_the_flickr30k_preset_offline_says_in_one_line_how_to_run_without_the_network(photo_folder, tmp_path):
+    import subprocess
+    import sys
+
+    folder, captions = photo_folder
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))  # offline: never downloads, never waits
+    done = subprocess.run([sys.executable, "train.py", "--preset", "flickr30k", "--data", str(captions), "--images",
+                           str(folder), "--out", str(tmp_path / "run"), "--feature-cache", str(tmp_path / "cache")],
+                          cwd=Path(train.__file__).parent, env=env, capture_output=True, text=True, timeout=120)
+    said = done.stdout + done.stderr
+    assert done.returncode == 1 and "Traceback" not in said and "Retry" not in said, said
+    notice = [line for line in said.splitlines() if "first use" in line]
+    assert notice and "ViT-B-32" in notice[0] and "about 600 MB" in notice[0] and str(tmp_path / "hf") in notice[0]
+    assert said.strip().splitlines()[-1].startswith("error: "), said
+    assert "HF_HUB_OFFLINE" in said and "--clip-pretrained FILE" in said and "--clip-pretrained none" in said, said
+
+
+def test_clip_weights_fail_fast_where_the_hub_cannot_be_reached(tmp_path, monkeypatch):
+    import socket
+    import time
+
+    import huggingface_hub.constants
+    import open_clip
+
+    from model.clip import ClipWeightsError, load_clip_vit
+
+    def unreachable(*args, **kwargs):
+        raise OSError(errno.ENETUNREACH, "Network is unreachable")
+
+    def never(*args, **kwargs):
+        raise AssertionError("open_clip was asked to download")
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    for name in ("HF_HUB_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    monkeypatch.setattr(open_clip, "create_model_and_transforms", never)
+    started = time.time()
+    with pytest.raises(ClipWeightsError) as excinfo:
+        load_clip_vit("ViT-B-32", "openai")
+    assert time.time() - started < 5
+    message = str(excinfo.value)
+    assert "\n" not in message and "huggingface.co cannot be reached" in message and "--clip-pretrained none" in message
