@@ -8,7 +8,8 @@
 Writes OUT/checkpoint.pt (for --resume), OUT/model/ (config.json + model.safetensors: the model to
 share, caption with and serve), OUT/best/ (the same, for the epoch with the best validation score),
 train_config.json (the run's settings: --config FILE starts another run from them), metrics.jsonl,
-loss_curve.png and metric_curves.png; with --tensorboard, OUT/tensorboard/ for a live view.
+loss_curve.png and metric_curves.png; with --tensorboard, OUT/tensorboard/ for a live view. OUT/.lock is held
+while a run writes to OUT: one run per --out at a time.
 
 Several processes: `torchrun --nproc_per_node N train.py ...` (DistributedDataParallel; each process
 takes its share of every batch, process 0 alone validates, logs and writes files).
@@ -19,8 +20,13 @@ main(). The run itself is training.train (training/): set it up (training/setup.
 """
 
 import argparse
+import contextlib
 import dataclasses
 import os
+import shlex
+import signal
+import sys
+import threading
 from pathlib import Path
 
 from captioner.flags import add_dataclass_flags, field_comments, field_sections, shown
@@ -113,18 +119,58 @@ def parse_args(argv=None):
 # The command
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGTERM, raised where the run is, as Ctrl-C's KeyboardInterrupt is: temporary files go, the lock is freed."""
+
+    signum = signal.SIGTERM
+
+
+@contextlib.contextmanager
+def sigterm_stops():
+    """SIGTERM raises Stopped while the run trains (only the main thread may set a handler; a test's thread doesn't)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Stopped()
+
+    before = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def stopped(config, interrupt):
+    """One line for a run stopped by Ctrl-C or SIGTERM: the command that continues it. Exit status 128 + signal."""
+    signum = getattr(interrupt, "signum", signal.SIGINT)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, process 0 says it once
+        name = signal.Signals(signum).name
+        if (Path(config.out) / "checkpoint.pt").exists():
+            print(f"stopped by {name}; continue from the last checkpoint with: python train.py --out "
+                  f"{shlex.quote(config.out)} --resume", file=sys.stderr)
+        else:
+            print(f"stopped by {name} before the first checkpoint; nothing to resume, run the command again",
+                  file=sys.stderr)
+    return SystemExit(128 + signum)
+
+
 def main(argv=None):
     config = parse_args(argv)
     try:
-        if not config.student_code:
-            return train(config)
-        from exercises import student_code, use_student_code
+        with sigterm_stops():
+            if not config.student_code:
+                return train(config)
+            from exercises import student_code, use_student_code
 
-        with use_student_code(student_code(config.student_code, config.student_dir)):
-            print(f"training with your code from {config.student_dir}/ for: {config.student_code}")
-            return train(config)
+            with use_student_code(student_code(config.student_code, config.student_dir)):
+                print(f"training with your code from {config.student_dir}/ for: {config.student_code}")
+                return train(config)
     except CaptionerError as e:  # bad data, a broken file: one line naming it, no traceback (model/errors.py)
         raise SystemExit(f"error: {e}") from None
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: how to go on, not a traceback
+        raise stopped(config, e) from None
 
 
 def command(argv=None):

@@ -10,9 +10,11 @@ numbers, strings) and is read with torch.load(weights_only=True), which refuses 
 a checkpoint someone handed you runs none of their code.
 """
 
+import errno
 import json
 import os
 import pickle
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -33,11 +35,42 @@ class CheckpointError(CaptionerError):
     """A model file that cannot be used; the message names the file."""
 
 
+class WriteError(CaptionerError):
+    """A file that could not be written (a full disk, a quota, a folder that refuses it); the message names it."""
+
+
+WRITE_FAILURES = (OSError, RuntimeError, SafetensorError)  # torch.save says RuntimeError when its writes fail
+
+
 def replace_atomically(path, write):
-    """write(temporary path), then rename it to `path`: a crash leaves the old file, never half a new one."""
+    """write(temporary path), then rename it to `path`: a crash leaves the old file, never half a new one. Whatever
+    stops the write (a full disk, Ctrl-C) removes the temporary file; a failed write is one WriteError naming `path`."""
     tmp = Path(str(path) + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, WRITE_FAILURES):
+            raise write_error(path, e) from None
+        raise
+
+
+def write_error(path, e):
+    """One line for a write that failed: the disk is full, or why it failed and the space left."""
+    code = getattr(e, "errno", None)
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        why = "the disk is full" if code == errno.ENOSPC else "the disk quota is used up"
+    else:  # torch.save's RuntimeError ("unexpected pos ...") tells no errno: say what it said and the space left
+        text = getattr(e, "strerror", None) or str(e).strip()
+        reason = text.splitlines()[0][:120] if text else type(e).__name__
+        try:
+            free = f"; {shutil.disk_usage(Path(path).parent).free / 1e6:,.0f} MB free there"
+        except OSError:
+            free = ""
+        why = f"the write failed ({reason}{free})"
+    kept = "the file as it was before is untouched" if Path(path).exists() else "nothing was written"
+    return WriteError(f"{path}: not written: {why}; {kept}")
 
 
 # ----------------------------------------------------------------------------------------------

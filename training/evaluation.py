@@ -1,14 +1,13 @@
 """Scoring a run: captions through the same Captioner that generate.py and the Python API use, the COCO
 metrics, the best-model rule, and the final report on the test split."""
 
-import json
 import time
 
 import numpy as np
 
 from data.sources import batches_by_length
 from metrics import ptb_tokenize, score_captions
-from training.run_files import write_loss_curve, write_metric_curves
+from training.run_files import append_record, write_loss_curve, write_metric_curves
 from training.step import evaluate_loss
 
 
@@ -59,7 +58,6 @@ def final_report(run):
         print(f"  {caption!r:60}  reference: {refs[0]!r}")
     summary = {"step": run.step, f"{name}_exact": exact, **{f"{name}_{k}": v for k, v in scores.items()},
                "seconds": round(time.time() - run.started, 1)}
-    with open(run.log_path, "a") as f:
-        f.write(json.dumps(summary) + "\n")
+    append_record(run.log_path, summary)
     print(f"model: {run.out / 'model'}  checkpoint: {run.checkpoint_path}  metrics: {run.log_path}  "
           f"loss curve: {run.out / 'loss_curve.png'}  ({time.time() - run.started:.0f}s)")

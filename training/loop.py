@@ -1,7 +1,6 @@
 """The training loop: steps with a warm-up then cosine learning rate, validation and the best model at each
 epoch's end, metrics.jsonl and the checkpoint as it goes."""
 
-import json
 import math
 import time
 
@@ -14,7 +13,7 @@ from data.batches import epoch_batches
 from data.sources import get_batch
 from model.checkpoint import save_checkpoint
 from training.evaluation import BEST_METRICS, is_better, validate
-from training.run_files import checkpoint_state
+from training.run_files import append_record, checkpoint_state
 from training.step import train_step
 
 
@@ -23,34 +22,33 @@ def training_loop(run):
     config = run.config
     run.model.train()
     order = None  # this epoch's batches, made when an epoch starts (or a resumed run starts inside one)
-    bar = tqdm(total=run.total_steps, initial=run.step, desc="train", unit="step", disable=not run.lead,
-               mininterval=config.progress_every)
-    while run.step < run.total_steps:
-        epoch, offset = divmod(run.step, run.steps_per_epoch)
-        if offset == 0 or order is None:
-            order = epoch_batches(run.train_pairs, config.batch_size, config.seed, epoch, config.group_by_length)
-        loss = training_step(run, order[offset].tolist())
-        run.step += 1
-        bar.set_postfix(loss=f"{loss:.3f}", epoch=epoch + 1, refresh=False)  # drawn by update()
-        bar.update(1)
-        record = {"step": run.step, "epoch": epoch + 1, "train_loss": round(loss, 5),
-                  "lr": run.optimizer.param_groups[0]["lr"]}
-        epoch_end = run.step % run.steps_per_epoch == 0
-        patience_ran_out = epoch_end and run.lead and end_of_epoch(run, record, epoch)
-        stopping = config.stop_after and run.step >= config.stop_after
-        if run.lead:
-            log_and_checkpoint(run, record, epoch_end or stopping)
-        if stopping:
-            bar.close()
+    with tqdm(total=run.total_steps, initial=run.step, desc="train", unit="step", disable=not run.lead,
+              mininterval=config.progress_every) as bar:  # closed however the loop ends (Ctrl-C too)
+        while run.step < run.total_steps:
+            epoch, offset = divmod(run.step, run.steps_per_epoch)
+            if offset == 0 or order is None:
+                order = epoch_batches(run.train_pairs, config.batch_size, config.seed, epoch, config.group_by_length)
+            loss = training_step(run, order[offset].tolist())
+            run.step += 1
+            bar.set_postfix(loss=f"{loss:.3f}", epoch=epoch + 1, refresh=False)  # drawn by update()
+            bar.update(1)
+            record = {"step": run.step, "epoch": epoch + 1, "train_loss": round(loss, 5),
+                      "lr": run.optimizer.param_groups[0]["lr"]}
+            epoch_end = run.step % run.steps_per_epoch == 0
+            patience_ran_out = epoch_end and run.lead and end_of_epoch(run, record, epoch)
+            stopping = config.stop_after and run.step >= config.stop_after
             if run.lead:
-                print(f"stopped after step {run.step}; continue with --resume")
-            return False
-        if epoch_end and everyone_stops(patience_ran_out, run.world):
-            if run.lead:
-                tqdm.write(f"no better {config.best_metric} in {config.patience} validations: stopping early "
-                           f"(the best model is in {run.out / 'best'})")
-            break
-    bar.close()
+                log_and_checkpoint(run, record, epoch_end or stopping)
+            if stopping:
+                bar.close()  # before the line below
+                if run.lead:
+                    print(f"stopped after step {run.step}; continue with --resume")
+                return False
+            if epoch_end and everyone_stops(patience_ran_out, run.world):
+                if run.lead:
+                    tqdm.write(f"no better {config.best_metric} in {config.patience} validations: stopping early "
+                               f"(the best model is in {run.out / 'best'})")
+                break
     return True
 
 
@@ -129,8 +127,7 @@ def show_samples(run, count=4):
 def log_and_checkpoint(run, record, due):
     """Append the step's record to metrics.jsonl; write the checkpoint when `due`, every --checkpoint-every
     steps and at the last step."""
-    with open(run.log_path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    append_record(run.log_path, record)
     if run.board is not None:
         for name, value in record.items():
             if name not in ("step", "epoch", "best") and isinstance(value, (int, float)):

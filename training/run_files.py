@@ -2,11 +2,42 @@
 values, written atomically by model/checkpoint.py, so --resume reads it with torch.load(weights_only=True)),
 metrics.jsonl read back tolerantly, the loss and metric curves, and the optional TensorBoard log."""
 
+import contextlib
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import torch
+
+from model.checkpoint import replace_atomically, write_error
+
+
+@contextlib.contextmanager
+def out_lock(out, lead):
+    """Hold OUT/.lock while a run writes to OUT: a second run into the same folder stops in one line naming the
+    first one's process. The lock is the kernel's (flock), so it goes with its process, however that ends. Under
+    torchrun only process 0 (`lead`) writes files, and only it locks."""
+    if not lead:
+        yield
+        return
+    import fcntl  # POSIX; imported here so that the module still imports where it is missing
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.read(fd, 32).decode("ascii", "replace").strip()
+            raise SystemExit(f"error: another training is writing to {out} (pid {pid if pid.isdigit() else '?'}); "
+                             "wait for it or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def checkpoint_state(model, optimizer, scaler, config, tokenizer, step, preprocess, best):
@@ -23,6 +54,37 @@ def checkpoint_state(model, optimizer, scaler, config, tokenizer, step, preproce
         "rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
+
+
+def append_record(log_path, record):
+    """Add one line to metrics.jsonl. A write that fails (a full disk) takes back what it wrote of the line and is
+    one WriteError naming the file: the records before it stay as they were."""
+    with open(log_path, "a", encoding="utf-8") as f:
+        size = f.tell()
+        try:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+        except OSError as e:
+            f.truncate(size)
+            raise write_error(log_path, e) from None
+
+
+def keep_records_until(log_path, step):
+    """Rewrite metrics.jsonl (atomically) without the records logged after `step`, a resumed run's checkpoint:
+    a run killed between two checkpoints logged steps that the resumed run takes, and logs, again. A line cut
+    short by the kill goes too (the next record would be appended to it)."""
+    def kept(line):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            return False
+        return not (isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] > step)
+
+    lines = Path(log_path).read_text(encoding="utf-8", errors="replace").splitlines() if Path(log_path).exists() else []
+    keep = [line for line in lines if not line.strip() or kept(line)]
+    if len(keep) < len(lines):
+        replace_atomically(log_path, lambda tmp: tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8"))
+        print(f"{log_path}: left out {len(lines) - len(keep)} records logged after step {step}, the checkpoint's")
 
 
 def read_metrics(log_path):

@@ -28,7 +28,7 @@ from model.config import to_dict
 from model.hugging_face import gpt2_captioning_decoder, load_gpt2_weights
 from training.config import TrainConfig
 from training.data import load_data
-from training.run_files import tensorboard_writer
+from training.run_files import keep_records_until, tensorboard_writer
 from training.step import autocast_dtype
 
 
@@ -195,6 +195,8 @@ def start_run(config):
         run.board = tensorboard_writer(run.out / "tensorboard")
     if resumed is not None:
         restore(run, resumed)
+        if run.lead:  # records past the checkpoint are logged again as the run takes those steps again
+            keep_records_until(run.log_path, run.step)
     elif run.log_path.exists() and run.lead:
         run.log_path.unlink()  # a fresh run starts a fresh log
     if run.lead:
