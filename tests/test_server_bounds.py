@@ -1,0 +1,89 @@
+"""The server under the second round of hostile use (issue 34): a JPEG of thousands of scans that takes a
+minute to decode, slow clients that hold connections open, and Host names on an address other than 127.0.0.1.
+The model is tiny and random (built in milliseconds): these tests are about the server, not the captions."""
+
+import io
+
+import pytest
+import torch
+from PIL import Image
+
+fastapi = pytest.importorskip("fastapi", reason="the server's packages are not installed (requirements.txt)")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from captioner import Captioner  # noqa: E402
+from data.images import CLIP_MEAN, CLIP_STD  # noqa: E402
+from data.tokenizer import WordTokenizer  # noqa: E402
+from model.caption_model import build_caption_model  # noqa: E402
+from model.decoder import DecoderConfig  # noqa: E402
+from model.vit import ViTConfig  # noqa: E402
+from server.app import create_app  # noqa: E402
+from server.limits import ServerLimits  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def captioner():
+    torch.manual_seed(0)
+    tokenizer = WordTokenizer(["a", "red", "square"])
+    vit = ViTConfig(image_size=16, patch_size=8, width=16, layers=1, heads=2)
+    decoder = DecoderConfig(width=16, layers=1, heads=2, prefix_len=1, max_len=4, dropout=0.0)
+    model = build_caption_model(vit, decoder, tokenizer.vocab_size).eval()
+    return Captioner(model, tokenizer, {"kind": "squash", "image_size": 16, "mean": CLIP_MEAN, "std": CLIP_STD})
+
+
+def png(size=(20, 20)):
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (200, 30, 30)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def post(client, data, name="photo.png", headers=None):
+    return client.post("/api/caption", files={"image": (name, data, "image/png")}, data={"attention": "false"},
+                       headers=headers)
+
+
+def one_line(answer):
+    detail = answer.json()["detail"]
+    assert isinstance(detail, str) and "\n" not in detail and len(detail) < 300, detail
+    return detail
+
+
+def app_of_serve_py(captioner, tmp_path, monkeypatch, *flags):
+    """The app serve.py builds for these flags (uvicorn.run replaced by a function that keeps the app)."""
+    import uvicorn
+
+    import serve
+
+    captioner.save_pretrained(tmp_path / "model")
+    served = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: served.update(app=app, **options))
+    serve.main([str(tmp_path / "model"), *flags])
+    return served["app"]
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "127.0.0.2", "127.1", "::", "192.168.1.20"])
+def test_the_host_check_is_on_whatever_address_the_server_listens_on(captioner, host, tmp_path, monkeypatch):
+    """Before, the Host check was on only for the literal names 127.0.0.1, localhost and ::1: serve.py --host
+    0.0.0.0 (or 127.0.0.2, or 127.1) answered Host: evil.example with a 200, so another site's name pointed at
+    this machine (DNS rebinding) could read the API. Now every address keeps the check."""
+    client = TestClient(app_of_serve_py(captioner, tmp_path, monkeypatch, "--host", host, "--allow-host", "captioner.lan"),
+                        base_url="http://127.0.0.1")
+    for evil in ["evil.example", "evil.example:8000", "127.0.0.1.evil.example", "captioner.lan.evil.example"]:
+        answer = client.get("/api/model", headers={"host": evil})
+        assert answer.status_code == 421 and "--allow-host" in one_line(answer), (host, evil, answer.text)
+        assert post(client, png(), headers={"host": evil}).status_code == 421, (host, evil)
+    listening = f"[{host}]:8000" if ":" in host else f"{host}:8000"
+    for good in ["localhost:8000", "127.0.0.1", "[::1]:8000", "captioner.lan", "CAPTIONER.LAN:8000", listening]:
+        assert client.get("/api/model", headers={"host": good}).status_code == 200, (host, good)
+    assert post(client, png(), headers={"host": "captioner.lan:8000"}).status_code == 200
+
+
+def test_a_server_on_every_address_answers_to_this_machines_addresses_and_name(captioner, tmp_path, monkeypatch):
+    """On 0.0.0.0 the page is reached at one of this machine's addresses or names: an address typed as
+    numbers cannot be rebound by another site, so any address is answered, and so is the machine's own name."""
+    import socket
+
+    client = TestClient(app_of_serve_py(captioner, tmp_path, monkeypatch, "--host", "0.0.0.0"), base_url="http://127.0.0.1")
+    for good in ["192.168.1.20:8000", "10.0.0.7", "[fe80::1]:8000", socket.gethostname()]:
+        assert client.get("/api/model", headers={"host": good}).status_code == 200, good
+    assert client.get("/api/model", headers={"host": "evil.example"}).status_code == 421
