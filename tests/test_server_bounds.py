@@ -87,3 +87,24 @@ def test_a_server_on_every_address_answers_to_this_machines_addresses_and_name(c
     for good in ["192.168.1.20:8000", "10.0.0.7", "[fe80::1]:8000", socket.gethostname()]:
         assert client.get("/api/model", headers={"host": good}).status_code == 200, good
     assert client.get("/api/model", headers={"host": "evil.example"}).status_code == 421
+
+
+def test_a_jpeg_of_thousands_of_scans_gets_a_400_at_once_and_frees_its_decode_slot(captioner):
+    """Two uploads of a small JPEG with thousands of extra scans held both image-decode slots for minutes (52 s
+    each for a 0.7 MB 6000 x 6000 one), and a normal request waited behind them; --seconds covers only the
+    token decoding. Here, with one slot: a 2000 x 2000 JPEG of 2,010 scans (96 kB) took about 4.5 s to answer, a 200.
+    Its scans are now counted before decoding: a 400 in one line, and the next upload decodes at once."""
+    import time
+
+    from tests.test_images import progressive_jpeg
+
+    client = TestClient(create_app(captioner, ServerLimits(image_decodes=1)), base_url="http://127.0.0.1")
+    hostile = progressive_jpeg((2000, 2000), extra_scans=2000)
+    for _ in range(2):
+        started = time.perf_counter()
+        answer = post(client, hostile, name="scans.jpg")
+        assert answer.status_code == 400 and time.perf_counter() - started < 1, (answer.status_code, answer.text)
+        assert one_line(answer).startswith("scans.jpg: a JPEG of 2,010 scans, where this loader decodes at most")
+    started = time.perf_counter()
+    assert post(client, progressive_jpeg((2000, 2000)), name="photo.jpg").status_code == 200
+    assert time.perf_counter() - started < 1
