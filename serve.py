@@ -39,6 +39,7 @@ def main(argv=None):
     import uvicorn  # imported here: --help works without the server's packages
 
     from server.app import create_app
+    from server.connections import bounded_protocol
 
     captioner = load_captioner(args.model, args.device, dtype=args.dtype)
     path = Path(args.model).resolve()
@@ -52,7 +53,8 @@ def main(argv=None):
     few_memory_arenas()  # memory freed by one request's thread serves the next (server/limits.py)
     app = create_app(captioner, limits, name=name, host=args.host, allow_hosts=args.allow_host)
     print(f"serving {args.model} at http://{args.host}:{args.port}  (the API: /docs; Ctrl+C stops)", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning",
+                http=bounded_protocol(limits.max_connections, limits.read_timeout))  # server/connections.py
 
 
 if __name__ == "__main__":

@@ -48,8 +48,8 @@ def one_line(answer):
     return detail
 
 
-def app_of_serve_py(captioner, tmp_path, monkeypatch, *flags):
-    """The app serve.py builds for these flags (uvicorn.run replaced by a function that keeps the app)."""
+def served_by_serve_py(captioner, tmp_path, monkeypatch, *flags):
+    """What serve.py gives uvicorn.run for these flags: {"app": the app, option: value} (uvicorn.run replaced)."""
     import uvicorn
 
     import serve
@@ -58,7 +58,11 @@ def app_of_serve_py(captioner, tmp_path, monkeypatch, *flags):
     served = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **options: served.update(app=app, **options))
     serve.main([str(tmp_path / "model"), *flags])
-    return served["app"]
+    return served
+
+
+def app_of_serve_py(captioner, tmp_path, monkeypatch, *flags):
+    return served_by_serve_py(captioner, tmp_path, monkeypatch, *flags)["app"]
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "127.0.0.2", "127.1", "::", "192.168.1.20"])
@@ -108,3 +112,62 @@ def test_a_jpeg_of_thousands_of_scans_gets_a_400_at_once_and_frees_its_decode_sl
     started = time.perf_counter()
     assert post(client, progressive_jpeg((2000, 2000)), name="photo.jpg").status_code == 200
     assert time.perf_counter() - started < 1
+
+
+def test_slow_clients_cannot_hold_every_connection(captioner, tmp_path, monkeypatch):
+    """1,100 clients each sending a byte of a request's head every few seconds held 1,100 open files, past the
+    usual limit of 1,024, and normal requests failed ("Too many open files"): no connection was ever refused
+    or timed out. Here, with --max-connections 20 and --read-timeout 1, 30 slow clients: 10 are refused at
+    once, a normal request meanwhile gets a quick 503, the 20 held are closed after a second, and a normal
+    request is then answered."""
+    import select
+    import socket
+    import time
+    import urllib.error
+    import urllib.request
+
+    from tests.conftest import serving
+
+    flags = ["--max-connections", "20", "--read-timeout", "1"]
+    options = {key: value for key, value in served_by_serve_py(captioner, tmp_path, monkeypatch, *flags).items()
+               if key not in ("app", "host", "port", "log_level")}
+
+    def status(address):
+        try:
+            with urllib.request.urlopen(address + "/api/model", timeout=5) as answer:
+                return answer.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    def closed(clients, wait):
+        """How many of `clients` the server closes within `wait` seconds (after a 503 or a 408, or a reset)."""
+        open_, ended = list(clients), 0
+        stop = time.monotonic() + wait
+        while open_ and time.monotonic() < stop:
+            readable, _, _ = select.select(open_, [], [], max(0.0, stop - time.monotonic()))
+            for client in readable:
+                try:
+                    if client.recv(4096):
+                        continue  # the answer; the end comes next
+                except ConnectionResetError:
+                    pass
+                open_.remove(client)
+                ended += 1
+        return ended
+
+    with serving(create_app(captioner, ServerLimits()), **options) as address:
+        port = int(address.rsplit(":", 1)[1])
+        clients = []
+        try:
+            for _ in range(30):
+                client = socket.create_connection(("127.0.0.1", port), timeout=0.5)
+                client.sendall(b"GET /api/model HTTP/1.1\r\nHo")  # a request's head, never finished
+                clients.append(client)
+            assert closed(clients, wait=0.3) == 10
+            started = time.perf_counter()
+            assert status(address) == 503 and time.perf_counter() - started < 1
+            assert closed(clients, wait=1.5) == 30
+            assert status(address) == 200
+        finally:
+            for client in clients:
+                client.close()
