@@ -7,9 +7,9 @@
 
 Works offline and on a CPU. MODEL is a model folder (config.json + model.safetensors) or a checkpoint.pt.
 The API the page uses is documented at /docs. Every request is held to the limits below (a 400 names the
-one it passed); small requests never wait behind a large one (server/limits.py). On 127.0.0.1 the server
-answers only to the names of this machine (--allow-host adds one, e.g. behind a proxy), and never to a POST
-from another site's page.
+one it passed); small requests never wait behind a large one (server/limits.py). On any address the server
+answers only to the names of this machine and the address it listens on (--allow-host adds one, e.g. behind
+a proxy; on 0.0.0.0 any address in numbers too), and never to a POST from another site's page.
 """
 
 import argparse
@@ -28,7 +28,7 @@ def main(argv=None):
     p.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
     p.add_argument("--max-mb", type=float, default=5.0, help="largest image upload in megabytes (default: 5)")
     p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
-                   help="another name the Host header may carry (repeatable); --host other than 127.0.0.1 allows any")
+                   help="another name the Host header may carry (repeatable); localhost and --host always may")
     limits = add_dataclass_flags(p, ServerLimits, skip=("max_bytes",), title="limits on one request")
     p.add_argument("--threads", type=int, default=0,
                    help="PyTorch CPU threads for each of the two captioning lanes (default: half the cores, so a "
@@ -39,7 +39,7 @@ def main(argv=None):
     import uvicorn  # imported here: --help works without the server's packages
 
     from server.app import create_app
-    from server.guard import LOOPBACK
+    from server.connections import bounded_protocol
 
     captioner = load_captioner(args.model, args.device, dtype=args.dtype)
     path = Path(args.model).resolve()
@@ -51,10 +51,10 @@ def main(argv=None):
         sys.exit(f"error: {e}")
     torch.set_num_threads(args.threads or max(1, torch.get_num_threads() // 2))  # two lanes share the cores
     few_memory_arenas()  # memory freed by one request's thread serves the next (server/limits.py)
-    loopback = args.host in LOOPBACK
-    app = create_app(captioner, limits, name=name, allowed_hosts=LOOPBACK + tuple(args.allow_host) if loopback else None)
+    app = create_app(captioner, limits, name=name, host=args.host, allow_hosts=args.allow_host)
     print(f"serving {args.model} at http://{args.host}:{args.port}  (the API: /docs; Ctrl+C stops)", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning",
+                http=bounded_protocol(limits.max_connections, limits.read_timeout))  # server/connections.py
 
 
 if __name__ == "__main__":

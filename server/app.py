@@ -30,7 +30,7 @@ from captioner.flags import field_comments
 from data.images import ImageError, ImageTooLarge, input_side, load_image, view_geometry
 from data.regions import RegionError, fit_box, parse_box
 from model.sampling import DecodingOptions, DecodingTimeout
-from server.guard import FORM_OVERHEAD, LOOPBACK, BodyTooLarge, Guard, UploadLimit
+from server.guard import FORM_OVERHEAD, BodyTooLarge, Guard, UploadLimit
 from server.limits import Busy, Lanes, ServerLimits
 
 STATIC = Path(__file__).parent / "static"
@@ -113,12 +113,12 @@ class CaptionService:
         }
 
 
-def create_app(captioner, limits=ServerLimits(), name="model", allowed_hosts=LOOPBACK):
-    """The FastAPI app serving `captioner` within `limits`. allowed_hosts: the names a request's Host may
-    carry (None: any; see server/guard.py)."""
+def create_app(captioner, limits=ServerLimits(), name="model", host="127.0.0.1", allow_hosts=()):
+    """The FastAPI app serving `captioner` within `limits`, listening on `host`. A request's Host must name
+    this machine, `host` or one of `allow_hosts` (server/guard.py)."""
     app = FastAPI(title="captioner", description=__doc__, docs_url=None, redoc_url=None)
     app.add_middleware(UploadLimit, max_bytes=limits.max_bytes + FORM_OVERHEAD)
-    app.add_middleware(Guard, allowed_hosts=allowed_hosts)  # the outermost: it sees every request first
+    app.add_middleware(Guard, host=host, also=allow_hosts)  # the outermost: it sees every request first
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.state.service = CaptionService(captioner, limits, name)
     app.add_api_route("/", page, include_in_schema=False)

@@ -4,12 +4,15 @@ only requests meant for this server from its own page, with the headers that kee
 Both are plain ASGI middleware (a class around the app), so each reads top to bottom without a framework.
 """
 
+import ipaddress
+import socket
 from urllib.parse import urlsplit
 
 from fastapi.responses import JSONResponse
 
 FORM_OVERHEAD = 64 * 1024  # bytes a request may carry beyond the image: the form fields and multipart framing
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")  # this machine's names: always answered
+EVERY_ADDRESS = ("0.0.0.0", "::", "")  # listening on these, the server is reached at any of the machine's addresses
 
 SECURITY_HEADERS = [
     # only this server's own files run, load or connect; nothing inline, nothing from elsewhere
@@ -73,16 +76,38 @@ class UploadLimit:
 class Guard:
     """Answers a request only when it is for this server and, if it changes anything, from this server's page.
 
-    allowed_hosts: the names the Host header may carry (None: any, for a server on a trusted network). On the
-    loopback default this refuses DNS rebinding: another site's name pointed at 127.0.0.1 to read the API.
-    Any POST whose Origin is another site is refused (403) before it costs anything: a web page the user
-    visits can send a form to 127.0.0.1, since multipart forms need no CORS preflight. No CORS header is ever
-    sent, so no other site can read an answer either. Every response carries SECURITY_HEADERS.
+    The Host header must name this server, whatever address it listens on (`host`): this machine's names
+    (LOOPBACK), the listening address itself and the names in `also` (serve.py --allow-host). That refuses DNS
+    rebinding: another site's name pointed at this machine to read the API. Listening on every address
+    (0.0.0.0), an address written in numbers is answered too, as is the machine's own name: a browser sends a
+    number only to the address it names, which no other site can rebind. Any POST whose Origin is another site
+    is refused (403) before it costs anything: a web page the user visits can send a form to 127.0.0.1, since
+    multipart forms need no CORS preflight. No CORS header is ever sent, so no other site can read an answer
+    either. Every response carries SECURITY_HEADERS.
     """
 
-    def __init__(self, app, allowed_hosts=LOOPBACK):
+    def __init__(self, app, host="127.0.0.1", also=()):
         self.app = app
-        self.allowed = None if allowed_hosts is None else {h.lower().strip("[]") for h in allowed_hosts}
+        self.any_address = host in EVERY_ADDRESS
+        names = LOOPBACK + (host,) + tuple(also) + ((socket.gethostname(),) if self.any_address else ())
+        self.names = {name.lower().strip("[]") for name in names if name not in EVERY_ADDRESS}
+
+    def allowed(self, name):
+        """Whether a request whose Host names `name` is for this server."""
+        if name in self.names:
+            return True
+        if not self.any_address:
+            return False
+        try:
+            ipaddress.ip_address(name)  # an address in numbers, not a name
+            return True
+        except ValueError:
+            return False
+
+    def refusal(self, host):
+        names = ", ".join(sorted(self.names))[:120] + (" or an address in numbers" if self.any_address else "")
+        return (f"this server answers only to {names}, not to the host name {host[:60]!r} "
+                "(serve.py --allow-host adds one)")
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -90,9 +115,8 @@ class Guard:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         host = headers.get("host", "")
         name = (urlsplit(f"//{host}").hostname or "") if host else ""
-        if self.allowed is not None and name not in self.allowed:
-            return await refuse(send, 421 if host else 400, f"this server answers only to {', '.join(sorted(self.allowed))}"
-                                f", not to the host name {host[:60]!r} (serve.py --allow-host adds one)")
+        if not self.allowed(name):
+            return await refuse(send, 421 if host else 400, self.refusal(host))
         origin = headers.get("origin")
         if scope["method"] not in ("GET", "HEAD") and origin is not None and urlsplit(origin).netloc != host:
             return await refuse(send, 403, f"requests from another site ({origin[:60]}) are refused; "

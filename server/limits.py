@@ -24,6 +24,8 @@ class ServerLimits:
     image_decodes: int = 2  # images decoded at once; each may take its full size in memory for a moment
     waiting: int = 64  # requests that may wait in each lane; one more gets a 503
     large: int = 4  # a request asking for more than this many captions or beams waits in the large lane
+    max_connections: int = 256  # connections held open at once (each an open file; the usual limit is 1,024)
+    read_timeout: float = 10.0  # seconds a client may take to send a request's head; then it is closed
 
     def __post_init__(self):
         for name, value in vars(self).items():

@@ -79,8 +79,9 @@ def live_server(shapes_model):
 
 
 @contextlib.contextmanager
-def serving(app):
-    """Serve `app` under uvicorn on a free port of 127.0.0.1, in a thread of this process: its address."""
+def serving(app, **options):
+    """Serve `app` under uvicorn on a free port of 127.0.0.1, in a thread of this process: its address.
+    options: more of uvicorn.Config's (serve.py's own, as tests/test_server_bounds.py takes them)."""
     import socket
     import threading
 
@@ -89,7 +90,7 @@ def serving(app):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **options))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:

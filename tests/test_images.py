@@ -109,3 +109,39 @@ def test_reduced_decoding_shows_the_same_picture(tmp_path, orientation, kind, mo
     assert small.original_size == full.size and min(small.size) >= 3 * 64 and min(small.size) < min(full.size)
     same_size = np.asarray(full.resize((90, 60) if full.width > full.height else (60, 90), Image.BOX), dtype=float)
     assert np.abs(np.asarray(small.resize(same_size.shape[1::-1], Image.BOX), dtype=float) - same_size).mean() < 3
+
+
+def progressive_jpeg(size, extra_scans=0):
+    """A flat grey progressive JPEG of `size` (PIL writes 10 scans), with the last scan and its Huffman tables
+    repeated `extra_scans` times before the end: each repeat is 36 bytes, and each makes the decoder walk
+    every block of the picture once more (issue 34, point 1)."""
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (120, 130, 140)).save(buffer, "JPEG", progressive=True, quality=90)
+    jpeg = buffer.getvalue()
+    last_scan = jpeg.rindex(b"\xff\xda")  # SOS
+    tables = jpeg.rindex(b"\xff\xc4", 0, last_scan)  # the DHT the last scan decodes with
+    end = jpeg.rindex(b"\xff\xd9")  # EOI
+    return jpeg[:end] + jpeg[tables:end] * extra_scans + jpeg[end:]
+
+
+def test_a_jpeg_of_a_thousand_scans_is_refused_before_it_is_decoded(tmp_path):
+    """A 2000 x 2000 progressive JPEG of 1,010 scans is 60 kB and took 2.4 s to decode (10,000 scans in a
+    6000 x 6000 one: 52 s). The scans are counted before decoding; more than MAX_SCANS is refused in one
+    line. A progressive JPEG as cameras and PIL write it (10 scans) still loads."""
+    import time
+
+    from data.images import MAX_SCANS
+
+    path = tmp_path / "scans.jpg"
+    path.write_bytes(progressive_jpeg((2000, 2000), extra_scans=1000))
+    started = time.perf_counter()
+    with pytest.raises(ImageError) as error:
+        load_image(path)
+    assert time.perf_counter() - started < 0.5
+    assert str(error.value) == f"{path}: a JPEG of 1,010 scans, where this loader decodes at most {MAX_SCANS} " \
+                               "(a progressive photo has about 10)"
+    with pytest.raises(ImageError):  # the server's way: an upload in memory, decoded at a reduced scale
+        load_image(io.BytesIO(path.read_bytes()), name="scans.jpg", seen_at=224)
+    fine = tmp_path / "fine.jpg"
+    fine.write_bytes(progressive_jpeg((2000, 2000), extra_scans=MAX_SCANS - 10))
+    assert load_image(fine).size == (2000, 2000)
