@@ -53,7 +53,8 @@ def check_isolated(name, folder, time_limit=TIME_LIMIT):
     with tempfile.TemporaryDirectory() as tmp:
         result, printed = Path(tmp) / "result.pt", Path(tmp) / "printed.txt"
         command = [sys.executable, "-m", "exercises.isolate", name, str(path.resolve()), str(result)]
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+                   OMP_NUM_THREADS="1")  # one thread: its CPU time is its work, not threads waiting for each other
         with open(printed, "wb") as out:
             try:
                 done = subprocess.run(command, cwd=tmp, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,

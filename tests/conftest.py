@@ -15,7 +15,9 @@ def pytest_configure(config):
     torch work in its share of the cores, so the workers do not fight over them."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+        share = max(1, (os.cpu_count() or 1) // workers)
+        torch.set_num_threads(share)
+        os.environ["OMP_NUM_THREADS"] = str(share)  # and the processes the tests start (train.py, notebooks' kernels)
 
 
 @pytest.fixture(autouse=True)
@@ -37,8 +39,7 @@ def shared_file(*parts):
 def shapes_run(tmp_path_factory):
     """The output folder of the README's main job, `python train.py` (the built-in shapes, about a minute
     on 2 CPU cores), trained once per test run and shared by every test and every pytest-xdist worker
-    (the first to ask trains it, on all the cores, while the others wait for it): checkpoint.pt, model/,
-    metrics.jsonl."""
+    (the first to ask trains it; the others wait for it): checkpoint.pt, model/, metrics.jsonl."""
     import train
     from filelock import FileLock  # torch's own dependency
 
@@ -47,12 +48,7 @@ def shapes_run(tmp_path_factory):
     out = shared / "shapes-run"
     with FileLock(str(out) + ".lock"):
         if not (out / "model" / "config.json").exists():
-            threads = torch.get_num_threads()
-            torch.set_num_threads(os.cpu_count() or 1)  # the other workers wait for this model
-            try:
-                train.main(["--out", str(out)])
-            finally:
-                torch.set_num_threads(threads)
+            train.main(["--out", str(out)])
     return out
 
 

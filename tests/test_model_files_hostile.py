@@ -52,7 +52,8 @@ def load_in_child(path, call="Captioner.from_pretrained(path)", timeout=60):
             print("loaded")
         except (CheckpointError, HuggingFaceError) as e:
             print("refused:", e)
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6)
+        # this process's own peak: ru_maxrss would also count the parent's memory at the fork (a pytest worker's)
+        print(next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM")) / 1e6)
     """)
     out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=timeout,
                          cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))

@@ -14,6 +14,7 @@ from PIL import Image
 
 import train
 import training.setup
+from training.run_files import read_metrics
 from conftest import within
 from test_train import TINY, photo_folder, run  # noqa: F401 - photo_folder is a fixture
 
@@ -71,8 +72,13 @@ def test_a_torn_metrics_line_costs_a_warning_not_the_model(tmp_path, capsys):
     log = tmp_path / "torn" / "metrics.jsonl"
     with open(log, "a") as f:
         f.write('{"step": 12, "epoch": 2, "train_lo')  # the run was killed while writing this line
-    train.main(["--out", str(tmp_path / "torn"), "--resume"])
-    assert "metrics.jsonl, line 12: not a JSON record (cut short?)" in capsys.readouterr().out
+    with open(tmp_path / "copy.jsonl", "w") as f:  # the killed run's log, as a reader of it sees it
+        f.write(log.read_text())
+    assert len(read_metrics(tmp_path / "copy.jsonl")) == len(log.read_text().splitlines()) - 1
+    assert "copy.jsonl, line 12: not a JSON record (cut short?)" in capsys.readouterr().out
+    train.main(["--out", str(tmp_path / "torn"), "--resume"])  # the resumed run drops the cut line and logs step 12
+    assert "left out 1 records logged after step 11" in capsys.readouterr().out
+    assert all(json.loads(line) for line in log.read_text().splitlines())
     assert (tmp_path / "torn" / "model" / "model.safetensors").exists()
     assert (tmp_path / "torn" / "loss_curve.png").exists()
 
@@ -127,9 +133,10 @@ def test_train_and_evaluate_read_an_imagefolder(photo_folder, tmp_path):
     assert set(scores) >= {"BLEU-4", "CIDEr-D"}
 
 
-def test_a_named_pipe_among_the_training_images_is_skipped_in_one_line(photo_folder, tmp_path, capsys):
+def test_a_named_pipe_among_the_training_images_is_named_in_one_line(photo_folder, tmp_path, capsys):
     """A metadata.csv naming a named pipe hung train.py while it read the images: opening a pipe waits for a
-    writer (issue 34, point 14). It is skipped in one line, as an unreadable image is, and training goes on."""
+    writer (issue 34, point 14). It is no image file: the run stops in one line naming it, as for a missing
+    image, and --skip-missing trains without it."""
     folder, captions = photo_folder
     rows = [(image["filename"], sentence["raw"], image["split"])
             for image in json.loads(captions.read_text())["images"] for sentence in image["sentences"]]
@@ -137,10 +144,10 @@ def test_a_named_pipe_among_the_training_images_is_skipped_in_one_line(photo_fol
     rows.append(("pipe.jpg", "A pipe.", "train"))
     (folder / "metadata.csv").write_text("file_name,text,split\n" + "".join(f"{n},{t},{s}\n" for n, t, s in rows))
     with within(60):
-        run(tmp_path, "folder", "--data", str(folder / "metadata.csv"), "--batch-size", "6", "--stop-after", "1")
-    out = capsys.readouterr().out
-    assert f"skipped {folder / 'pipe.jpg'}: a named pipe, not a regular file\n" in out
-    assert "2 of 14 images could not be read and were skipped" in out  # the pipe and the corrupt 12.jpg
+        with pytest.raises(SystemExit, match=r"1 of 14 captioned images are missing \(first: pipe.jpg\); pass --skip-missing"):
+            train.main(TINY + ["--out", str(tmp_path / "folder"), "--data", str(folder / "metadata.csv"), "--batch-size", "6"])
+        run(tmp_path, "folder", "--data", str(folder / "metadata.csv"), "--batch-size", "6", "--stop-after", "1",
+            "--skip-missing")
     assert torch.load(tmp_path / "folder" / "checkpoint.pt", weights_only=True)["step"] == 1  # it trained
 
 
