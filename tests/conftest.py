@@ -20,6 +20,15 @@ def pytest_configure(config):
         os.environ["OMP_NUM_THREADS"] = str(share)  # and the processes the tests start (train.py, notebooks' kernels)
 
 
+def pytest_collection_modifyitems(config, items):
+    """The first test that needs the shared trained model runs first, the others last: one worker trains the model
+    while the others run the many tests that need none, instead of waiting for it."""
+    needs = [item for item in items if "shapes_run" in item.fixturenames]
+    if needs:
+        rest = [item for item in items if "shapes_run" not in item.fixturenames]
+        items[:] = needs[:1] + rest + needs[1:]
+
+
 @pytest.fixture(autouse=True)
 def seeded():
     torch.manual_seed(0)

@@ -28,9 +28,10 @@ def test_scores_from_captions_files_and_from_a_model_agree(shapes_model, scored_
     generate.main([str(shapes_model), *images, "--json", str(tmp_path / "c.json"), "--csv", str(tmp_path / "c.csv")])
     refs = str(scored_folder / "refs.json")
     from_json = evaluate.main([str(tmp_path / "c.json"), refs, "--split", "test", "--json", str(tmp_path / "s.json")])
-    from_csv = evaluate.main([str(tmp_path / "c.csv"), refs, "--split", "test"])
-    from_model = evaluate.main(["--model", str(shapes_model), "--images", str(scored_folder), refs, "--split", "test"])
-    assert from_json == from_csv == from_model
+    from_csv = evaluate.main([str(tmp_path / "c.csv"), refs, "--split", "test", "--no-java"])
+    from_model = evaluate.main(["--model", str(shapes_model), "--images", str(scored_folder), refs, "--split", "test",
+                                "--no-java"])
+    assert from_csv == from_model == {k: v for k, v in from_json.items() if k in from_csv}  # Java's METEOR: once
     assert json.loads((tmp_path / "s.json").read_text()) == from_json
     assert from_json["BLEU-4"] > 0.5  # the shared model captions the built-in scenes nearly perfectly
 
@@ -44,7 +45,7 @@ def test_compile_scores_as_eager(shapes_model, scored_folder, monkeypatch):
     compiled, real_compile = [], torch.compile
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: compiled.append(fn) or real_compile(fn, backend="eager",
                                                                                             dynamic=False))
-    argv = ["--model", str(shapes_model), "--images", str(scored_folder), str(scored_folder / "refs.json")]
+    argv = ["--model", str(shapes_model), "--images", str(scored_folder), str(scored_folder / "refs.json"), "--no-java"]
     assert evaluate.main(argv + ["--compile"]) == evaluate.main(argv) and len(compiled) == 1
 
 
