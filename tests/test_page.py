@@ -32,9 +32,6 @@ from data.shapes import make_split  # noqa: E402
 SCALE = 12  # the 32-pixel scene is dropped as a 384-pixel PNG
 
 
-pytestmark = pytest.mark.xdist_group("page")  # one worker starts Chromium once for all of them
-
-
 @pytest.fixture(scope="module")
 def browser():
     options = Options()
