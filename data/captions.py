@@ -263,8 +263,7 @@ def check_images(captions: CaptionSet, folder, skip_missing=False):
     folder = Path(folder)
     if not folder.is_dir():
         raise CaptionFileError(f"{folder}: no such images folder")
-    missing = [name for name in sorted(captions.captions)
-               if image_path(folder, name) is None or not image_path(folder, name).is_file()]
+    missing = [name for name in sorted(captions.captions) if not (path := image_path(folder, name)) or not path.is_file()]
     if missing and not skip_missing:
         raise CaptionFileError(f"{folder}: {len(missing)} of {len(captions.captions)} captioned images are missing "
                                f"(first: {', '.join(missing[:5])}); pass --skip-missing to train without them")

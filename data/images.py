@@ -10,6 +10,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from model.errors import CaptionerError
+from model.files import file_kind
 
 MAX_PIXELS = 100_000_000  # larger images are refused before they are decoded (a 10k x 10k photo still loads)
 MAX_SCANS = 100  # most scans a JPEG may have: a progressive photo has about 10, and each walks every block again
@@ -97,9 +98,7 @@ def opened_regular_file(path, name):
     os.close(fd)
     if stat.S_ISDIR(mode):
         raise ImageError(f"{name}: is a folder, not an image")
-    kind = ("a named pipe" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
-            else "a special file")
-    raise ImageError(f"{name}: {kind}, not a regular file")
+    raise ImageError(f"{name}: {file_kind(mode)}, not a regular file")
 
 
 def jpeg_scans(source):

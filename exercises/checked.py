@@ -17,11 +17,13 @@ is skip the check of the student's own file before their own run.
 import hashlib
 import json
 import os
-import stat
 import tempfile
 from pathlib import Path
 
 import torch
+
+from model.errors import CaptionerError
+from model.files import read_json
 
 ROOT = Path(__file__).resolve().parent.parent  # the project
 RECORD = ".checked.json"  # in the student's folder, beside the files it speaks of
@@ -50,17 +52,9 @@ def file_hash(path):
 def remembered(folder):
     """FOLDER/.checked.json as exercise -> {"file": hash, "checker": hash}; entries of any other form are left
     out, and a record that is missing, not a plain file, larger than MOST bytes or not JSON is {}."""
-    try:
-        fd = os.open(Path(folder) / RECORD, os.O_RDONLY | os.O_NONBLOCK)  # a pipe in its place does not block
-    except OSError:
-        return {}
-    try:
-        with os.fdopen(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                return {}
-            text = f.read(MOST + 1)
-        record = json.loads(text) if len(text) <= MOST else {}
-    except (OSError, ValueError, RecursionError):  # ValueError: not JSON, not UTF-8; RecursionError: nested too deep
+    try:  # model/files.py: a regular file of at most MOST bytes, valid JSON not nested too deep
+        record = read_json(Path(folder) / RECORD, max_bytes=MOST, what="a record of checked files")
+    except (CaptionerError, OSError):
         return {}
     if not isinstance(record, dict):
         return {}

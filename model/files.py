@@ -25,10 +25,14 @@ def regular_file(path, error=CaptionerError):
     except OSError as e:
         raise error(f"{path}: cannot be read ({e.strerror})") from None
     if not stat.S_ISREG(mode):
-        kind = ("a folder" if stat.S_ISDIR(mode) else "a named pipe" if stat.S_ISFIFO(mode)
-                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a special file")
-        raise error(f"{path}: {kind}, not a regular file")
+        raise error(f"{path}: {file_kind(mode)}, not a regular file")
     return path
+
+
+def file_kind(mode):
+    """What a file that is not a regular one is, from its st_mode, in words: "a folder", "a named pipe"..."""
+    return ("a folder" if stat.S_ISDIR(mode) else "a named pipe" if stat.S_ISFIFO(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a special file")
 
 
 def read_text(path, max_bytes, what, error=CaptionerError):
